@@ -1,0 +1,131 @@
+"""Where to put each class's prior box in a volume (paper section 3.2).
+
+* From a label (training): the organ centres of :mod:`nnunet_stipple.priors.algorithm`.
+* From a first prediction (test and unlabeled volumes): a coarse centre from the predicted organ (its
+  largest connected component), then the translation within a radius that minimises the KL divergence
+  between the translated prediction and the reference template (:mod:`.kl_search`), searched exhaustively.
+
+The reference is the fold's mean aligned training mask of the class (stored with the prior). Because the
+voxel-wise KL to a binary reference is linear in the reference, its cost equals the average of the costs
+against every labeled training volume: the paper's single random reference, without the randomness.
+
+A class the first prediction misses is placed by the displacement of the classes it found (organs move
+together with the field of view); if no class is found at all, positioning fails and callers fall back
+to a uniform prior (plain softmax) with a warning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius
+from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes, organ_centre
+from nnunet_stipple.priors.spatial_prior import SpatialPrior
+
+DEFAULT_SEARCH_RADIUS_MM = 20.0
+
+
+def centres_from_label(label: np.ndarray, classes: Sequence[int]) -> Dict[int, List[float]]:
+    """Organ centres (bounding-box centres) of the classes present in a label volume."""
+    return {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in class_bounding_boxes(label, classes).items()}
+
+
+def box_centre_from_start(start: Sequence[int], box_size: Sequence[int]) -> List[float]:
+    """Inverse of :func:`box_start`: a centre whose box starts exactly at ``start``."""
+    return [float(s) + (e - 1) / 2 for s, e in zip(start, box_size)]
+
+
+@dataclass
+class ClassPlacement:
+    centre: Optional[List[float]]
+    method: str                      # "kl", "relative" (from the other organs), "none"
+    coarse_centre: Optional[List[float]] = None
+    offset: Optional[List[int]] = None
+    cost: Optional[float] = None
+    confidence: float = 0.0
+    predicted_voxels: int = 0
+
+
+@dataclass
+class Placement:
+    classes: Dict[int, ClassPlacement] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return any(p.method == "kl" for p in self.classes.values())
+
+    @property
+    def centres(self) -> Dict[int, Optional[List[float]]]:
+        return {c: p.centre for c, p in self.classes.items()}
+
+    @property
+    def confidence(self) -> float:
+        """Mean KL-search confidence over the classes found by the prediction (0 if none)."""
+        vals = [p.confidence for p in self.classes.values() if p.method == "kl"]
+        return float(np.mean(vals)) if vals else 0.0
+
+    def to_json(self) -> dict:
+        return {"confidence": self.confidence,
+                "classes": {str(c): p.__dict__ for c, p in sorted(self.classes.items())}}
+
+
+def _largest_component_centre(mask: np.ndarray) -> Optional[np.ndarray]:
+    import cc3d
+    if not mask.any():
+        return None
+    cc = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    counts = np.bincount(cc.ravel())
+    counts[0] = 0
+    largest = cc == int(np.argmax(counts))
+    boxes = class_bounding_boxes(largest.astype(np.uint8), [1])
+    lo, hi = boxes[1]
+    return organ_centre(lo, hi)
+
+
+def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
+                                radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
+                                start_centres: Optional[Dict[int, Optional[Sequence[float]]]] = None,
+                                eps: float = 1e-4) -> Placement:
+    """Place every class of ``prior`` in a volume from class probabilities (num_outputs, *S).
+
+    ``start_centres`` (optional) replaces the coarse centres, e.g. the previous placement when
+    re-positioning from prior-driven probabilities."""
+    probs = np.asarray(probabilities, dtype=np.float32)
+    if probs.ndim != 4 or probs.shape[0] < prior.num_outputs:
+        raise ValueError(f"probabilities must be (>= {prior.num_outputs}, X, Y, Z), got {probs.shape}")
+    radius = mm_to_voxel_radius(radius_mm, prior.spacing)
+    argmax = probs.argmax(0)
+    placement = Placement()
+    for c in prior.built_classes:
+        mask = argmax == c
+        n = int(mask.sum())
+        coarse = None
+        if start_centres is not None and start_centres.get(c) is not None:
+            coarse = np.asarray(start_centres[c], dtype=np.float64)
+        elif n:
+            coarse = _largest_component_centre(mask)
+        if coarse is None:
+            placement.classes[c] = ClassPlacement(centre=None, method="none", predicted_voxels=n)
+            continue
+        size = prior.box_size(c)
+        start0 = box_start(coarse, size)
+        res = kl_translation_search(probs[c], prior.template(c), tuple(int(v) for v in start0), radius, eps=eps)
+        placement.classes[c] = ClassPlacement(
+            centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in coarse],
+            offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),
+            predicted_voxels=n)
+    _place_missing_relative(prior, placement)
+    return placement
+
+
+def _place_missing_relative(prior: SpatialPrior, placement: Placement) -> None:
+    found = [c for c, p in placement.classes.items() if p.method == "kl"]
+    if not found:
+        return
+    shift = np.mean([np.asarray(placement.classes[c].centre) - np.asarray(prior.mean_centres[c]) for c in found], 0)
+    for c, p in placement.classes.items():
+        if p.method == "none":
+            p.centre = (np.asarray(prior.mean_centres[c]) + shift).tolist()
+            p.method = "relative"

@@ -1,0 +1,294 @@
+"""Build the spatial prior of a fold from nnU-Net's preprocessed data (the prior-building plug-in).
+
+The prior lives in the voxel space of the configuration's preprocessed data (the space the network sees)
+and is built from the fold's training cases only (``splits_final.json``, created exactly as nnU-Net's
+trainer would if it does not exist yet). Nothing under ``nnUNet_raw`` is written.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_stipple.atomic import write_json_atomic
+from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.priors.algorithm import ClassHistogram, class_bounding_boxes, largest_extents, organ_centre
+from nnunet_stipple.priors.geometry import UnknownGeometryError, axial_axis_of_cases
+from nnunet_stipple.priors.spatial_prior import SpatialPrior
+
+PRIORS_FOLDER_NAME = "stipple_priors"
+
+
+@dataclass(frozen=True)
+class PreprocessedDataset:
+    """Where nnU-Net keeps one dataset's preprocessed configuration, with everything the prior needs."""
+    name: str
+    base: Path                 # nnUNet_preprocessed/DatasetXXX_Name
+    plans_identifier: str
+    configuration: str
+    plans: dict
+    dataset_json: dict
+
+    @property
+    def configuration_manager(self):
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        return PlansManager(self.plans).get_configuration(self.configuration)
+
+    @property
+    def label_manager(self):
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        return PlansManager(self.plans).get_label_manager(self.dataset_json)
+
+    @property
+    def data_folder(self) -> Path:
+        return self.base / self.configuration_manager.data_identifier
+
+    @property
+    def transpose_forward(self) -> List[int]:
+        return list(self.plans["transpose_forward"])
+
+    @property
+    def foreground_labels(self) -> Dict[int, str]:
+        names = {v: k for k, v in self.dataset_json["labels"].items() if isinstance(v, int)}
+        return {int(c): names.get(c, f"label_{c}") for c in self.label_manager.foreground_labels}
+
+
+def nnunet_preprocessed_root() -> Path:
+    root = os.environ.get("nnUNet_preprocessed")
+    if not root:
+        raise StippleInputError("The environment variable nnUNet_preprocessed is not set. Set it to nnU-Net's "
+                                "preprocessed folder (see README.md, 'nnU-Net folders').")
+    return Path(root)
+
+
+def resolve_dataset_name(dataset: Union[int, str]) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise StippleInputError(f"Dataset {dataset} not found under nnUNet_raw / nnUNet_preprocessed / "
+                                f"nnUNet_results ({e}). Check the id and the nnU-Net folder variables.") from e
+
+
+def open_preprocessed(dataset: Union[int, str], configuration: str,
+                      plans_identifier: str = "nnUNetPlans") -> PreprocessedDataset:
+    import json
+    name = resolve_dataset_name(dataset)
+    base = nnunet_preprocessed_root() / name
+    plans_file = base / f"{plans_identifier}.json"
+    hint = (f"Run `nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration}` first"
+            f"{'' if plans_identifier == 'nnUNetPlans' else f' (with -pl/-overwrite_plans_name for {plans_identifier})'}.")
+    if not plans_file.is_file():
+        raise StippleInputError(f"{plans_file} does not exist: dataset {name} is not planned/preprocessed. {hint}")
+    plans = json.loads(plans_file.read_text())
+    if configuration not in plans["configurations"]:
+        raise StippleInputError(f"Configuration '{configuration}' is not in {plans_file} (available: "
+                                f"{', '.join(plans['configurations'])}).")
+    ds = PreprocessedDataset(name, base, plans_identifier, configuration, plans,
+                             json.loads((base / "dataset.json").read_text()))
+    if ds.configuration_manager.previous_stage_name is not None:
+        raise StippleInputError(f"Configuration '{configuration}' is a cascade stage; STIPPLE supports 2d, "
+                                f"3d_lowres and 3d_fullres (and ResEnc plans of these), not the cascade.")
+    folder = ds.data_folder
+    if not folder.is_dir() or not any(p.name.endswith((".b2nd", ".npz")) for p in folder.iterdir()):
+        raise StippleInputError(f"{folder} holds no preprocessed cases. {hint}")
+    return ds
+
+
+def dataset_class_for(ds: PreprocessedDataset):
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    return infer_dataset_class(str(ds.data_folder))
+
+
+def all_case_ids(ds: PreprocessedDataset) -> List[str]:
+    return sorted(dataset_class_for(ds).get_identifiers(str(ds.data_folder)))
+
+
+def load_splits(ds: PreprocessedDataset) -> List[dict]:
+    """nnU-Net's splits_final.json; created as nnU-Net's trainer would (5 folds, seed 12345) if missing."""
+    import json
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    splits_file = ds.base / "splits_final.json"
+    if not splits_file.is_file():
+        splits = generate_crossval_split(all_case_ids(ds), seed=12345, n_splits=5)
+        write_json_atomic(splits_file, splits)
+        return splits
+    return json.loads(splits_file.read_text())
+
+
+def training_cases_of_fold(ds: PreprocessedDataset, fold: Union[int, str]) -> Tuple[List[str], List[str]]:
+    if str(fold) == "all":
+        cases = all_case_ids(ds)
+        return cases, cases
+    splits = load_splits(ds)
+    f = int(fold)
+    if not 0 <= f < len(splits):
+        raise StippleInputError(f"Fold {fold} is not in {ds.base / 'splits_final.json'} which has {len(splits)} "
+                                f"folds (0-{len(splits) - 1}). Use one of them, 'all', or add the split to the file.")
+    return sorted(splits[f]["train"]), sorted(splits[f]["val"])
+
+
+def prior_path(ds: PreprocessedDataset, fold: Union[int, str], num_bins: int) -> Path:
+    return (ds.base / PRIORS_FOLDER_NAME / f"{ds.plans_identifier}__{ds.configuration}" / f"B{num_bins}"
+            / f"fold_{fold}.npz")
+
+
+def _allowed_values(ds: PreprocessedDataset) -> set:
+    lm = ds.label_manager
+    allowed = set(int(v) for v in lm.all_labels) | {-1}   # -1: outside nnU-Net's nonzero mask
+    if lm.ignore_label is not None:
+        allowed.add(int(lm.ignore_label))
+    return allowed
+
+
+def read_case_boxes(ds: PreprocessedDataset, case_ids: Sequence[str], desc: str = "reading labels"
+                    ) -> Tuple[Dict[str, dict], Dict[str, dict], Dict[str, tuple]]:
+    """Per case: class bounding boxes, reader properties and array shape. Checks label values."""
+    dataset = dataset_class_for(ds)(str(ds.data_folder), list(case_ids))
+    classes = list(ds.foreground_labels)
+    allowed = _allowed_values(ds)
+    boxes, props, shapes = {}, {}, {}
+    for case in tqdm(case_ids, desc=desc, unit="case", disable=len(case_ids) < 2):
+        _, seg, _, properties = dataset.load_case(case)
+        seg = np.asarray(seg[0])
+        values = set(np.unique(seg).tolist())
+        bad = sorted(values - allowed)
+        if bad:
+            raise StippleInputError(
+                f"Case {case} ({ds.data_folder / case}*) has label values {bad} that dataset.json does not "
+                f"define (labels: {sorted(allowed - {-1})}). Fix labelsTr/{case} in nnUNet_raw/{ds.name} and "
+                f"re-run nnUNetv2_plan_and_preprocess.")
+        boxes[case] = class_bounding_boxes(seg, classes)
+        props[case] = properties
+        shapes[case] = seg.shape
+    return boxes, props, shapes
+
+
+def build_fold_prior(ds: PreprocessedDataset, fold: Union[int, str], num_bins: int = 5,
+                     training_cases: Optional[Sequence[str]] = None, axial_axis: Optional[int] = None,
+                     centre_cases: Optional[Sequence[str]] = None) -> SpatialPrior:
+    """Algorithm 1 for every foreground class over the fold's training cases.
+
+    ``training_cases`` overrides the split (e.g. only the labeled cases of a label-proportion run);
+    ``centre_cases`` lists further cases whose organ centres are recorded (not used for the histograms)."""
+    if num_bins < 1:
+        raise StippleInputError(f"B (number of bins) must be >= 1, got {num_bins}.")
+    if training_cases is None:
+        training_cases, val_cases = training_cases_of_fold(ds, fold)
+        centre_cases = val_cases if centre_cases is None else centre_cases
+    training_cases = sorted(training_cases)
+    if not training_cases:
+        raise StippleInputError(f"Fold {fold} of {ds.name} has no training cases; cannot build a prior.")
+    labels = ds.foreground_labels
+    classes = sorted(labels)
+    extra = sorted(set(centre_cases or []) - set(training_cases))
+    boxes, props, _ = read_case_boxes(ds, training_cases + extra, desc=f"fold {fold}: organ boxes")
+    try:
+        axis = axial_axis_of_cases({c: props[c] for c in training_cases}, ds.transpose_forward, axial_axis)
+    except UnknownGeometryError as e:
+        raise StippleInputError(f"Cannot tell the axial axis of {ds.data_folder}: {e}. Pass --axial-axis.") from e
+
+    train_boxes = [boxes[c] for c in training_cases]
+    extents = largest_extents(train_boxes, classes)
+    missing = [c for c in classes if c not in extents]
+    if missing:
+        msg = (f"Fold {fold} of {ds.name}: class(es) {', '.join(f'{c} ({labels[c]})' for c in missing)} appear "
+               f"in no training case; their prior is left out (they get the floor probability). Building the rest.")
+        warnings.warn(msg)
+        print("WARNING:", msg)
+    if not extents:
+        raise StippleInputError(f"No foreground class appears in the training cases of fold {fold} of {ds.name}.")
+    depths = {c: e[axis] for c, e in extents.items()}
+    shallowest = min(depths, key=depths.get)
+    if num_bins > depths[shallowest]:
+        raise StippleInputError(
+            f"B={num_bins} is larger than the depth of class {shallowest} ({labels[shallowest]}): its largest "
+            f"extent is {depths[shallowest]} slices at this configuration's spacing, so some bins would get no "
+            f"slice. Use B <= {depths[shallowest]}.")
+
+    hists = {c: ClassHistogram(extents[c], axis, num_bins) for c in extents}
+    templates = {c: ClassHistogram(extents[c], axis, extents[c][axis]) for c in extents}
+    dataset = dataset_class_for(ds)(str(ds.data_folder), list(training_cases))
+    centres_sum = {c: np.zeros(3) for c in extents}
+    for case in tqdm(training_cases, desc=f"fold {fold}: accumulating B={num_bins}", unit="case",
+                     disable=len(training_cases) < 2):
+        seg = np.asarray(dataset.load_case(case)[1][0])
+        for c, (lo, hi) in boxes[case].items():
+            mask = seg == c
+            centre = organ_centre(lo, hi)
+            hists[c].add(mask, centre)
+            templates[c].add(mask, centre)
+            centres_sum[c] += centre
+
+    case_centres = {case: {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in b.items()}
+                    for case, b in boxes.items()}
+    spacing = [float(s) for s in ds.configuration_manager.spacing]
+    return SpatialPrior(
+        dataset_name=ds.name, plans_identifier=ds.plans_identifier, configuration=ds.configuration,
+        fold=str(fold), num_bins=num_bins, axial_axis=axis, spacing=spacing, labels=labels,
+        histograms={c: h.normalised() for c, h in hists.items()},
+        slice_counts={c: h.slice_counts.copy() for c, h in hists.items()},
+        templates={c: np.round(t.normalised() * 255).astype(np.uint8) for c, t in templates.items()},
+        num_cases_per_class={c: h.num_cases for c, h in hists.items()},
+        mean_centres={c: (centres_sum[c] / hists[c].num_cases).tolist() for c in hists},
+        training_cases=list(training_cases), case_centres=case_centres)
+
+
+def prior_matches(prior: SpatialPrior, ds: PreprocessedDataset, fold, num_bins: int,
+                  training_cases: Sequence[str]) -> List[str]:
+    """Reasons why an existing prior cannot be reused (empty list: it matches)."""
+    reasons = []
+    for what, have, want in [("dataset", prior.dataset_name, ds.name),
+                             ("plans", prior.plans_identifier, ds.plans_identifier),
+                             ("configuration", prior.configuration, ds.configuration),
+                             ("fold", prior.fold, str(fold)), ("B", prior.num_bins, num_bins),
+                             ("classes", prior.labels, ds.foreground_labels),
+                             ("training cases", sorted(prior.training_cases), sorted(training_cases)),
+                             ("spacing", [round(s, 6) for s in prior.spacing],
+                              [round(float(s), 6) for s in ds.configuration_manager.spacing])]:
+        if have != want:
+            reasons.append(f"{what} differs")
+    return reasons
+
+
+def load_or_build(ds: PreprocessedDataset, fold, num_bins: int = 5,
+                  training_cases: Optional[Sequence[str]] = None, centre_cases: Optional[Sequence[str]] = None,
+                  overwrite: bool = False, figures: bool = True, axial_axis: Optional[int] = None,
+                  path: Optional[Path] = None, log=print) -> Tuple[SpatialPrior, Path]:
+    """Reuse a matching prior file, else build it and save it atomically (with its PNG figures).
+
+    Used by the build command and by the trainers at the start of training. ``training_cases`` defaults
+    to the fold's training split and ``centre_cases`` to its validation cases."""
+    if training_cases is None:
+        training_cases, val_cases = training_cases_of_fold(ds, fold)
+        centre_cases = val_cases if centre_cases is None else centre_cases
+    training_cases = sorted(training_cases)
+    centre_cases = sorted(centre_cases or [])
+    path = Path(path) if path is not None else prior_path(ds, fold, num_bins)
+    if not overwrite and path.is_file() and path.with_suffix(".json").is_file():
+        try:
+            prior = SpatialPrior.load(path)
+            reasons = prior_matches(prior, ds, fold, num_bins, training_cases)
+            if set(centre_cases) - set(prior.case_centres):
+                reasons.append("organ centres missing for some cases")
+            if axial_axis is not None and prior.axial_axis != axial_axis:
+                reasons.append("axial axis differs")
+            if not reasons:
+                log(f"STIPPLE: reusing the matching prior {path} (--overwrite rebuilds it)")
+                return prior, path
+            log(f"STIPPLE: rebuilding {path} ({', '.join(reasons)})")
+        except StippleInputError as e:
+            log(f"STIPPLE: the existing prior is unusable ({e}); rebuilding it")
+    prior = build_fold_prior(ds, fold, num_bins, training_cases=training_cases, axial_axis=axial_axis,
+                             centre_cases=centre_cases)
+    prior.save(path)
+    if figures:
+        from nnunet_stipple.priors.figures import save_prior_figures
+        save_prior_figures(prior, path.parent / f"{path.stem}_figures")
+    log(f"STIPPLE: wrote prior {path}")
+    return prior, path

@@ -1,0 +1,170 @@
+"""The prior inside the network's state dict, so checkpoints (and exported zips) carry it.
+
+``STIPPLETrainer.build_network_architecture`` attaches a :class:`PriorModule` as ``network.stipple_prior``.
+Its buffers (histograms, templates, and the metadata as UTF-8 JSON bytes) are saved by nnU-Net's own
+``save_checkpoint`` inside ``network_weights`` and restored by ``load_state_dict`` in nnU-Net's trainer and
+predictor, one prior per fold. The module takes no part in ``forward``.
+
+The same builder also installs a forward pre-hook that refuses to run: a plain ``nnUNetPredictor`` (e.g.
+``nnUNetv2_predict -tr STIPPLETrainer``) would otherwise silently produce prior-free results. The STIPPLE
+trainer and predictor remove that hook with :func:`allow_prior_free_forward`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunet_stipple.priors.spatial_prior import SpatialPrior, combine_class_probabilities  # noqa: F401
+
+PRIOR_ATTRIBUTE = "stipple_prior"
+_REFUSAL_HANDLE = "_stipple_refusal_hook"
+
+
+class PriorRequiredError(RuntimeError):
+    pass
+
+
+class PriorModule(nn.Module):
+    """Holds one fold's :class:`SpatialPrior` as buffers plus the STIPPLE settings needed at inference."""
+
+    def __init__(self):
+        super().__init__()
+        self._keys = []
+
+    # ---- content ----------------------------------------------------------------------------------------
+    @property
+    def is_set(self) -> bool:
+        return "meta_json" in self._buffers
+
+    def set_prior(self, prior: SpatialPrior, settings: Optional[dict] = None) -> None:
+        device = next(iter(self._buffers.values())).device if self._buffers else torch.device("cpu")
+        for k in list(self._buffers):
+            del self._buffers[k]
+        meta = prior.metadata()
+        meta["case_centres"] = {}  # per-case centres are training data, not needed at inference
+        meta["stipple_settings"] = dict(settings or {})
+        self.register_buffer("meta_json", torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+                             .clone().to(device))
+        for name, arr in prior.arrays().items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(arr)).to(device))
+        self._cache = None
+
+    def metadata(self) -> dict:
+        if not self.is_set:
+            raise PriorRequiredError("This network holds no STIPPLE prior.")
+        return json.loads(bytes(self.meta_json.cpu().numpy().tobytes()).decode())
+
+    @property
+    def settings(self) -> dict:
+        return self.metadata().get("stipple_settings", {})
+
+    def spatial_prior(self) -> SpatialPrior:
+        meta = self.metadata()
+        arrays = {k: v.detach().cpu().numpy() for k, v in self._buffers.items() if k != "meta_json"}
+        return SpatialPrior.from_metadata_and_arrays(meta, arrays, source="the checkpoint's STIPPLE prior")
+
+    # ---- state dict with shapes that depend on the prior ------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not mine:
+            return  # a checkpoint without prior: the predictor reports it with a clear message
+        for k in list(self._buffers):
+            del self._buffers[k]
+        device = torch.device("cpu")
+        for name, value in mine.items():
+            if "." in name:
+                unexpected_keys.append(prefix + name)
+                continue
+            self.register_buffer(name, value.detach().clone().to(device))
+        self._cache = None
+
+    # ---- training: prior at augmented voxel coordinates ----------------------------------------------------
+    def _lookup_tables(self, device):
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache["device"] == device:
+            return cache
+        meta = self.metadata()
+        classes = [int(c) for c in meta["built_classes"]]
+        tables = {
+            "device": device,
+            "axial_axis": int(meta["axial_axis"]),
+            "num_bins": int(meta["num_bins"]),
+            "num_outputs": max(int(k) for k in meta["labels"]) + 1,
+            "classes": classes,
+            "hist": {c: getattr(self, f"hist_{c}").to(device).float().flatten() for c in classes},
+            "hist_shape": {c: tuple(getattr(self, f"hist_{c}").shape) for c in classes},
+            "box": {c: torch.as_tensor(meta["box_sizes"][str(c)], device=device) for c in classes},
+        }
+        self._cache = tables
+        return tables
+
+    def organ_probabilities_at(self, coords: torch.Tensor, starts: Dict[int, torch.Tensor],
+                               present: Dict[int, torch.Tensor]) -> torch.Tensor:
+        """q_k at voxel coordinates.
+
+        coords: (N, 3, *S) float voxel coordinates in each case's preprocessed array (nearest voxel is used);
+        starts[k]: (N, 3) long box start of class k per sample; present[k]: (N,) bool.
+        Returns (N, num_outputs, *S) with channel 0 zero."""
+        t = self._lookup_tables(coords.device)
+        n, spatial = coords.shape[0], coords.shape[2:]
+        out = torch.zeros((n, t["num_outputs"], *spatial), device=coords.device, dtype=torch.float32)
+        idx = torch.floor(coords + 0.5).long()
+        view = (n, 3) + (1,) * len(spatial)
+        a, nb = t["axial_axis"], t["num_bins"]
+        for c in t["classes"]:
+            if c not in starts:
+                continue
+            box = t["box"][c]
+            rel = idx - starts[c].to(coords.device).view(view)
+            inside = ((rel >= 0) & (rel < box.view((1, 3) + (1,) * len(spatial)))).all(1)
+            inside &= present[c].to(coords.device).view((n,) + (1,) * len(spatial))
+            rel = torch.minimum(rel.clamp_min(0), (box - 1).view((1, 3) + (1,) * len(spatial)))
+            hs = t["hist_shape"][c]
+            r = [rel[:, 0], rel[:, 1], rel[:, 2]]
+            r[a] = (r[a] * nb) // box[a]
+            flat = (r[0] * hs[1] + r[1]) * hs[2] + r[2]
+            out[:, c] = torch.where(inside, t["hist"][c][flat], torch.zeros((), device=coords.device))
+        return out
+
+
+def attach_prior_module(network: nn.Module) -> nn.Module:
+    setattr(network, PRIOR_ATTRIBUTE, PriorModule())
+
+    def _refuse(module, args):
+        raise PriorRequiredError(
+            "This model was trained with STIPPLE: its raw logits are not the model's prediction, the fold's "
+            "spatial prior must be positioned and added. Predict with `nnUNetv2_stipple_predict` (same arguments "
+            "as nnUNetv2_predict) or nnunet_stipple.inference.STIPPLEPredictor.")
+
+    setattr(network, _REFUSAL_HANDLE, network.register_forward_pre_hook(_refuse))
+    return network
+
+
+def allow_prior_free_forward(network: nn.Module) -> None:
+    handle = getattr(network, _REFUSAL_HANDLE, None)
+    if handle is not None:
+        handle.remove()
+        setattr(network, _REFUSAL_HANDLE, None)
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The module that owns the weights, under DDP and torch.compile wrappers."""
+    from torch._dynamo import OptimizedModule
+    from torch.nn.parallel import DistributedDataParallel
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def prior_module_of(network: nn.Module) -> PriorModule:
+    mod = getattr(unwrap_network(network), PRIOR_ATTRIBUTE, None)
+    if mod is None:
+        raise PriorRequiredError("This network has no STIPPLE prior module (was it built by a STIPPLE trainer?).")
+    return mod

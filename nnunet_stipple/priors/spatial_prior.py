@@ -219,18 +219,23 @@ class SpatialPrior:
         return combine_class_probabilities(self.foreground_on_grid(shape, centres), floor)
 
 
-def combine_class_probabilities(q: np.ndarray, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+def combine_class_probabilities(q, floor: float = DEFAULT_FLOOR, channel_dim: int = 0):
     """Turn organ probabilities q_1..q_K (channel 0 ignored) into a distribution over classes.
 
     Background is what the organs leave, ``q_0 = max(0, 1 - sum_k q_k)``; every class is then floored at
     ``floor`` (so ln p is finite and a badly placed prior cannot veto a class outright) and the vector is
-    renormalised to sum to one."""
+    renormalised to sum to one. Accepts numpy arrays (returns numpy) and torch tensors (returns torch, on
+    the same device): one implementation serves prediction and training."""
+    import torch
     check_floor(floor)
-    q = np.asarray(q, dtype=np.float32).copy()
-    q[0] = np.clip(1.0 - q[1:].sum(0), 0.0, 1.0)
-    np.maximum(q, floor, out=q)
-    q /= q.sum(0, keepdims=True)
-    return q
+    as_numpy = isinstance(q, np.ndarray)
+    t = torch.from_numpy(np.asarray(q, dtype=np.float32)) if as_numpy else q.float()
+    t = t.clone()
+    organs = t.narrow(channel_dim, 1, t.shape[channel_dim] - 1)
+    t.narrow(channel_dim, 0, 1).copy_((1.0 - organs.sum(channel_dim, keepdim=True)).clamp(0.0, 1.0))
+    t.clamp_(min=floor)
+    t /= t.sum(channel_dim, keepdim=True)
+    return t.numpy() if as_numpy else t
 
 
 def check_floor(floor: float) -> None:

@@ -119,12 +119,7 @@ class STIPPLEPredictor(nnUNetPredictor):
         param_sets = self.list_of_parameters if self.list_of_parameters else [None]
         total, reports = None, []
         for params in param_sets:
-            if params is not None:
-                net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
-                net.load_state_dict(params)
-            visual = self.predict_sliding_window_return_logits(data).to("cpu").float()
-            prior = self._prior_for(params)
-            offsets, report = self.prior_offsets(prior, visual, case)
+            visual, offsets, report = self.predict_fold(data, params, case)
             visual += offsets
             reports.append(report)
             total = visual if total is None else total.add_(visual)
@@ -136,6 +131,16 @@ class STIPPLEPredictor(nnUNetPredictor):
             write_json_atomic(Path(self.report_folder) / f"{case}.json", self.last_report)
         empty_cache(self.device)
         return total
+
+    def predict_fold(self, data: torch.Tensor, params: Optional[dict] = None, case: Optional[str] = None):
+        """One fold: visual logits (float32, CPU), the positioned prior's logit offsets and the positioning
+        report. ``params`` None uses the network's current weights and prior."""
+        if params is not None:
+            net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+            net.load_state_dict(params)
+        visual = self.predict_sliding_window_return_logits(data).to("cpu").float()
+        offsets, report = self.prior_offsets(self._prior_for(params), visual, case)
+        return visual, offsets, report
 
     def prior_offsets(self, prior: SpatialPrior, logits: torch.Tensor, case: Optional[str] = None):
         """The logit offsets of the positioned prior for one fold, and a report of the positioning."""

@@ -292,3 +292,62 @@ def load_or_build(ds: PreprocessedDataset, fold, num_bins: int = 5,
         save_prior_figures(prior, path.parent / f"{path.stem}_figures")
     log(f"STIPPLE: wrote prior {path}")
     return prior, path
+
+
+def figures_folder(npz_path: "str | Path") -> Path:
+    """Where :func:`load_or_build` writes the PNG figures of the prior ``npz_path``."""
+    npz_path = Path(npz_path)
+    return npz_path.parent / f"{npz_path.stem}_figures"
+
+
+def parse_fold(fold: Union[int, str]) -> Union[int, str]:
+    """A fold as nnU-Net names it: a non-negative integer or ``'all'``."""
+    text = str(fold).strip()
+    if text == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or isinstance(fold, bool):
+        raise StippleInputError(f"Fold {fold!r} is neither a fold number (0, 1, ...) nor 'all'.")
+    return value
+
+
+def build_priors(dataset: Union[int, str], configuration: str, folds: Sequence[Union[int, str]],
+                 num_bins: int = 5, plans_identifier: str = "nnUNetPlans", overwrite: bool = False,
+                 figures: bool = True, axial_axis: Optional[int] = None, log=print) -> List[Path]:
+    """Build (or reuse) the spatial prior of every fold in ``folds``; returns the ``fold_F.npz`` paths.
+
+    What ``nnUNetv2_stipple_build_priors`` runs. Each fold goes through :func:`load_or_build` (a matching
+    existing prior is reused unless ``overwrite``). Every fold is checked against ``splits_final.json``
+    before anything is built, so a bad fold number fails without writing anything. With ``figures``, the
+    PNG figures of a reused prior are (re)drawn when its figures folder is missing. ``log`` receives one
+    line per fold with the path, the figures folder and the time taken."""
+    import time
+    folds = [parse_fold(f) for f in folds]
+    if not folds:
+        raise StippleInputError("No fold given; pass fold numbers (0 1 ...) and/or 'all'.")
+    if axial_axis is not None and axial_axis not in (0, 1, 2):
+        raise StippleInputError(f"The axial axis must be 0, 1 or 2, got {axial_axis}.")
+    if num_bins < 1:
+        raise StippleInputError(f"B (number of bins) must be >= 1, got {num_bins}.")
+    folds = list(dict.fromkeys(folds))   # unique, in the given order
+    ds = open_preprocessed(dataset, configuration, plans_identifier)
+    for f in folds:
+        training_cases_of_fold(ds, f)    # raises for a fold splits_final.json does not have
+    paths = []
+    for f in folds:
+        start = time.perf_counter()
+        _, path = load_or_build(ds, f, num_bins, overwrite=overwrite, figures=figures, axial_axis=axial_axis,
+                                log=log)
+        figs = figures_folder(path)
+        if figures and not figs.is_dir():
+            from nnunet_stipple.priors.figures import save_prior_figures
+            save_prior_figures(SpatialPrior.load(path), figs)
+        elapsed = time.perf_counter() - start
+        log(f"fold {f}: prior {path}")
+        log(f"fold {f}: figures {figs if figs.is_dir() else '(none; --no-figures)'}")
+        log(f"fold {f}: done in {elapsed:.1f} s")
+        paths.append(path)
+    return paths

@@ -52,9 +52,10 @@ from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_
     unwrap_network
 from nnunet_stipple.priors.spatial_prior import SpatialPrior, combine_class_probabilities
 from nnunet_stipple.trainers.data_loader import BATCH_KEY, STIPPLEDataLoader
+from nnunet_stipple.trainers.label_proportion import LabelProportionMixin
 
 
-class STIPPLETrainer(nnUNetTrainer):
+class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_num_bins: int = 5                 # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
     stipple_floor: float = 1e-3               # every class probability is floored here before renormalising
     stipple_jitter_mm: float = 10.0           # uniform random prior translation in training, per axis (+-)
@@ -65,13 +66,14 @@ class STIPPLETrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self._read_run_config()
         self.case_centres: Dict[str, Dict[int, List[float]]] = {}
         self._prior_offsets_for_batch: Optional[List[torch.Tensor]] = None
         self._stipple_rng = np.random.default_rng()
 
     # ---- settings -----------------------------------------------------------------------------------------
     def stipple_settings(self) -> dict:
-        return {"trainer": self.__class__.__name__, "num_bins": self.stipple_num_bins, "floor": self.stipple_floor,
+        return {"trainer": self.__class__.__name__, "run_config": self.run_config.to_json(), "num_bins": self.stipple_num_bins, "floor": self.stipple_floor,
                 "jitter_mm": self.stipple_jitter_mm, "prior_dropout": self.stipple_prior_dropout,
                 "search_radius_mm": self.stipple_search_radius_mm,
                 "repositioning_steps": self.stipple_repositioning_steps}
@@ -120,7 +122,11 @@ class STIPPLETrainer(nnUNetTrainer):
         self._prior = prior
 
     def prior_file(self, ds) -> Path:
-        return prior_path(ds, self.fold, self.stipple_num_bins)
+        path = prior_path(ds, self.fold, self.stipple_num_bins)
+        rc = self.run_config
+        if rc.label_proportion < 1:  # a prior per labeled subset: runs at other proportions keep theirs
+            path = path.with_name(f"{path.stem}_alpha{rc.label_proportion:g}_seed{rc.label_seed}.npz")
+        return path
 
     # ---- data -----------------------------------------------------------------------------------------------
     def get_dataloaders(self):

@@ -1,6 +1,7 @@
 """STIPPLE trainer variants, each named after the one setting it changes."""
 import torch
 
+from nnunet_stipple.trainers.pseudo_label import STIPPLETrainer_PseudoLabel
 from nnunet_stipple.trainers.stipple_trainer import STIPPLETrainer
 
 
@@ -38,6 +39,16 @@ class STIPPLETrainer_CPUDemo(STIPPLETrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 1
+        self.num_epochs = self.run_config.num_epochs or 1
+        self.num_iterations_per_epoch = self.run_config.num_iterations_per_epoch or 3
+        self.num_val_iterations_per_epoch = self.run_config.num_val_iterations_per_epoch or 1
+
+
+class STIPPLETrainer_PseudoLabel_CPUDemo(STIPPLETrainer_PseudoLabel):
+    """The loop with a handful of iterations per round, for the demo and end-to-end tests on CPU."""
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.run_config.num_epochs or 1
+        self.num_iterations_per_epoch = self.run_config.num_iterations_per_epoch or 3
+        self.num_val_iterations_per_epoch = self.run_config.num_val_iterations_per_epoch or 1

@@ -1,0 +1,118 @@
+"""nnUNetv2_stipple_position: place a STIPPLE prior in one volume (from a label or from class probabilities)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_stipple.errors import StippleInputError
+
+PROG = "nnUNetv2_stipple_position"
+NUMPY_SUFFIXES = (".npy", ".npz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Position a STIPPLE spatial prior in one volume and report where each class box goes (organ centres "
+            "in voxel coordinates), as JSON. The volume must be in the prior's voxel space: nnU-Net's "
+            "preprocessed array of the prior's configuration (same axis order and spacing). From a label "
+            "(--label) the centres are the organ bounding-box centres; from class probabilities "
+            "(--probabilities) the prior is placed by the coarse centre of each predicted organ plus the "
+            "exhaustive KL translation search, as at prediction time."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--prior", required=True, help="prior file fold_F.npz (with fold_F.json next to it)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--label", default=None,
+                     help="label volume: an image SimpleITK reads (.nii.gz, .mha, ...; array order z, y, x), a "
+                          ".npy, or an .npz with 'seg'/'label' (or a single array); (1, X, Y, Z) is accepted")
+    src.add_argument("--probabilities", default=None,
+                     help="an .npz holding 'probabilities' (K, X, Y, Z), background first (or a .npy of it)")
+    parser.add_argument("--radius-mm", type=float, default=20.0,
+                        help="search radius of the KL translation search in mm (with --probabilities)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="write the JSON here (default: print it on stdout)")
+    return parser
+
+
+def _read_npz(path: Path, keys: Sequence[str], what: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            for k in keys:
+                if k in names:
+                    return z[k]
+            if len(names) == 1 and what == "label":
+                return z[names[0]]
+    except (OSError, ValueError) as e:
+        raise StippleInputError(f"Cannot read {path} as an .npz file ({e}).") from e
+    raise StippleInputError(f"{path} holds no array named {' or '.join(repr(k) for k in keys)} (it has: "
+                            f"{', '.join(names) or 'nothing'}).")
+
+
+def read_volume(path: "str | Path", what: str) -> Tuple[np.ndarray, Optional[list]]:
+    """The array of ``path`` and, for images, its spacing in array order (z, y, x)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StippleInputError(f"The {what} file {path} does not exist.")
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False), None
+        except (OSError, ValueError) as e:
+            raise StippleInputError(f"Cannot read {path} as an .npy file ({e}).") from e
+    if name.endswith(".npz"):
+        keys = ("probabilities",) if what == "probabilities" else ("seg", "label")
+        return _read_npz(path, keys, what), None
+    if what == "probabilities":
+        raise StippleInputError(f"{path}: give the probabilities as an .npz holding 'probabilities' (K, X, Y, Z) "
+                                f"or as an .npy.")
+    import SimpleITK as sitk
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise StippleInputError(f"SimpleITK cannot read the {what} {path}: {str(e).strip().splitlines()[-1]}") from e
+    return sitk.GetArrayFromImage(image), [float(s) for s in reversed(image.GetSpacing())]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nnunet_stipple.positioning.api import position_prior
+    from nnunet_stipple.priors.spatial_prior import SpatialPrior
+    try:
+        prior = SpatialPrior.load(args.prior)
+        if args.label is not None:
+            label, spacing = read_volume(args.label, "label")
+            if spacing is not None and len(spacing) == len(prior.spacing) and not np.allclose(
+                    spacing, prior.spacing, rtol=0.01):
+                print(f"{PROG}: warning: {args.label} has spacing {spacing} (z, y, x) but the prior was built at "
+                      f"{prior.spacing}; centres are only meaningful in the prior's preprocessed voxel space.",
+                      file=sys.stderr)
+            result = position_prior(prior, label=label, radius_mm=args.radius_mm)
+            result["input"] = str(args.label)
+        else:
+            probs, _ = read_volume(args.probabilities, "probabilities")
+            result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm)
+            result["input"] = str(args.probabilities)
+        result["prior"] = str(args.prior)
+    except StippleInputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        from nnunet_stipple.atomic import write_json_atomic
+        write_json_atomic(Path(args.output), result)
+        print(f"wrote {args.output} (method {result['method']}, confidence {result['confidence']:.3f})")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

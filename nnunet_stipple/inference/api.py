@@ -1,0 +1,181 @@
+"""Predict a folder of images with a STIPPLE model: the library side of ``nnUNetv2_stipple_predict``.
+
+Mirrors ``nnUNetv2_predict`` (nnunetv2.inference.predict_from_raw_data.predict_entry_point): same predictor
+arguments, device handling and ``predict_from_files`` call, with :class:`STIPPLEPredictor` instead of
+``nnUNetPredictor``. Everything that can be checked without loading a network (model folder, checkpoints, input
+file names, output folder, device, options) is checked first and reported as :class:`StippleInputError`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.inference.input_checks import check_input_folder
+
+DEFAULT_TRAINER = "STIPPLETrainer"
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+Fold = Union[int, str]
+
+
+def model_folder_of(dataset: Union[int, str], configuration: str, trainer: str = DEFAULT_TRAINER,
+                    plans_identifier: str = "nnUNetPlans") -> Path:
+    """``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION`` (as nnUNetv2_predict finds it)."""
+    if not os.environ.get("nnUNet_results"):
+        raise StippleInputError("The environment variable nnUNet_results is not set; set it to nnU-Net's results "
+                                "folder, or give the model folder with -m.")
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    try:
+        maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise StippleInputError(f"Dataset {dataset} not found under nnUNet_raw / nnUNet_preprocessed / "
+                                f"nnUNet_results ({str(e).splitlines()[0]}).") from e
+    return Path(get_output_folder(dataset, trainer, plans_identifier, configuration))
+
+
+def parse_folds(folds: Optional[Sequence[Fold]]) -> Optional[List[Fold]]:
+    if folds is None:
+        return None
+    out = []
+    for f in folds:
+        if str(f) == "all":
+            out.append("all")
+            continue
+        try:
+            out.append(int(f))
+        except (TypeError, ValueError):
+            raise StippleInputError(f"Fold {f!r} is neither a fold number nor 'all'.") from None
+    return out
+
+
+def check_model_folder(model_folder: "str | Path", folds: Optional[Sequence[Fold]],
+                       checkpoint_name: str = "checkpoint_final.pth") -> dict:
+    """The model's dataset.json; checks plans.json and the checkpoint of every fold exist."""
+    model_folder = Path(model_folder)
+    if not model_folder.is_dir():
+        raise StippleInputError(f"The model folder {model_folder} does not exist. Train it first "
+                                f"(nnUNetv2_train DATASET CONFIGURATION FOLD -tr STIPPLETrainer) or check -d/-c/-tr/-p/-m.")
+    for name in ("dataset.json", "plans.json"):
+        if not (model_folder / name).is_file():
+            raise StippleInputError(f"{model_folder} holds no {name}; it is not a trained nnU-Net model folder.")
+    available = sorted(p.name for p in model_folder.glob("fold_*") if (p / checkpoint_name).is_file())
+    if folds is not None:
+        missing = [f for f in folds if not (model_folder / f"fold_{f}" / checkpoint_name).is_file()]
+        if missing:
+            raise StippleInputError(
+                f"No {checkpoint_name} for fold(s) {', '.join(str(f) for f in missing)} in {model_folder} "
+                f"(folds with {checkpoint_name}: {', '.join(available) or 'none'}). Choose folds with -f, "
+                f"another checkpoint with -chk, or finish training.")
+    elif not available:
+        raise StippleInputError(f"{model_folder} holds no fold_X/{checkpoint_name}.")
+    try:
+        return json.loads((model_folder / "dataset.json").read_text())
+    except json.JSONDecodeError as e:
+        raise StippleInputError(f"{model_folder / 'dataset.json'} is not valid JSON ({e}).") from e
+
+
+def torch_device(device: str):
+    """nnUNetv2_predict's device handling: thread settings included."""
+    import torch
+    if device not in ("cpu", "cuda", "mps"):
+        raise StippleInputError(f"-device must be cpu, cuda or mps, got {device!r}. To pick a GPU use "
+                                f"CUDA_VISIBLE_DEVICES=X.")
+    if device == "cpu":
+        import multiprocessing
+        torch.set_num_threads(multiprocessing.cpu_count())
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise StippleInputError("-device cuda was requested but no CUDA GPU is available; use -device cpu.")
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        return torch.device("cuda")
+    if not torch.backends.mps.is_available():
+        raise StippleInputError("-device mps was requested but MPS is not available; use -device cpu.")
+    return torch.device("mps")
+
+
+@contextmanager
+def _stipple_trainers_findable():
+    """nnUNet_extTrainer with the STIPPLE trainers folder while the model is set up (restored afterwards)."""
+    from nnunet_stipple.paths import EXT_TRAINER_VARIABLE, ensure_ext_trainer_env
+    old = os.environ.get(EXT_TRAINER_VARIABLE)
+    ensure_ext_trainer_env()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(EXT_TRAINER_VARIABLE, None)
+        else:
+            os.environ[EXT_TRAINER_VARIABLE] = old
+
+
+def check_prediction_inputs(input_folder, output_folder, model_folder, folds: Optional[Sequence[Fold]] = DEFAULT_FOLDS,
+                            checkpoint_name: str = "checkpoint_final.pth", num_parts: int = 1, part_id: int = 0,
+                            prev_stage_predictions: Optional[str] = None) -> List[str]:
+    """Everything :func:`predict_folder` checks before loading the model; returns the input case ids."""
+    if prev_stage_predictions is not None:
+        raise StippleInputError("-prev_stage_predictions is for nnU-Net's cascade (3d_cascade_fullres), which "
+                                "STIPPLE does not support; predict with a 2d, 3d_lowres or 3d_fullres STIPPLE model.")
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise StippleInputError(f"-part_id must be in 0..num_parts-1 (got -part_id {part_id}, "
+                                f"-num_parts {num_parts}).")
+    if Path(output_folder).resolve() == Path(input_folder).resolve():
+        raise StippleInputError(f"The output folder (-o) is the input folder (-i) {input_folder}; predictions would "
+                                f"be written between the images. Use another output folder.")
+    dataset_json = check_model_folder(model_folder, folds, checkpoint_name)
+    return check_input_folder(input_folder, dataset_json)
+
+
+def predict_folder(input_folder: "str | Path", output_folder: "str | Path", model_folder: "str | Path",
+                   folds: Optional[Sequence[Fold]] = DEFAULT_FOLDS, step_size: float = 0.5,
+                   use_mirroring: bool = True, device: str = "cuda", perform_everything_on_device: bool = True,
+                   verbose: bool = False, allow_tqdm: bool = True, save_probabilities: bool = False,
+                   overwrite: bool = True, checkpoint_name: str = "checkpoint_final.pth",
+                   num_processes_preprocessing: int = 3, num_processes_segmentation_export: int = 3,
+                   num_parts: int = 1, part_id: int = 0, positioning_report: bool = True,
+                   prev_stage_predictions: Optional[str] = None):
+    """Predict every case of ``input_folder`` with the STIPPLE model in ``model_folder``; returns the predictor.
+
+    Arguments as ``nnUNetv2_predict``'s. With ``positioning_report``, one JSON per case with the prior's
+    position and positioning confidence of every fold goes to ``<output_folder>/stipple_positioning/``.
+    ``num_processes_preprocessing == num_processes_segmentation_export == 0`` runs sequentially (no worker
+    processes), as in nnU-Net."""
+    from nnunet_stipple.inference.predictor import POSITIONING_FOLDER, STIPPLEPredictor
+    folds = parse_folds(folds)
+    if not 0 < step_size <= 1:
+        raise StippleInputError(f"-step_size must be in (0, 1], got {step_size}.")
+    check_prediction_inputs(input_folder, output_folder, model_folder, folds, checkpoint_name, num_parts, part_id,
+                            prev_stage_predictions)
+    torch_dev = torch_device(device)
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    report_folder = output_folder / POSITIONING_FOLDER if positioning_report else None
+    if report_folder is not None:
+        report_folder.mkdir(parents=True, exist_ok=True)
+    predictor = STIPPLEPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                 perform_everything_on_device=perform_everything_on_device, device=torch_dev,
+                                 verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=allow_tqdm,
+                                 report_folder=None if report_folder is None else str(report_folder))
+    with _stipple_trainers_findable():
+        predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name=checkpoint_name)
+    if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
+        print("Running in non-multiprocessing mode")
+        if report_folder is not None:
+            # STIPPLEPredictor learns the case id from predict_from_data_iterator, which nnU-Net's sequential
+            # path does not use: the prior is still positioned and applied, only the per-case JSONs are missing.
+            print(f"Note: per-case positioning reports are not written in non-multiprocessing mode "
+                  f"(-npp 0 -nps 0); {report_folder} stays empty.")
+        predictor.predict_from_files_sequential(str(input_folder), str(output_folder),
+                                                save_probabilities=save_probabilities, overwrite=overwrite,
+                                                folder_with_segs_from_prev_stage=None)
+    else:
+        predictor.predict_from_files(str(input_folder), str(output_folder), save_probabilities=save_probabilities,
+                                     overwrite=overwrite, num_processes_preprocessing=num_processes_preprocessing,
+                                     num_processes_segmentation_export=num_processes_segmentation_export,
+                                     folder_with_segs_from_prev_stage=None, num_parts=num_parts, part_id=part_id)
+    return predictor

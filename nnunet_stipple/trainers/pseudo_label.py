@@ -1,0 +1,57 @@
+"""Trainers that run the pseudo-labeling loop (Algorithm 2), with and without the spatial prior."""
+from __future__ import annotations
+
+import json
+from typing import List
+
+import numpy as np
+import torch
+
+from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
+from nnunet_stipple.trainers.label_proportion import nnUNetTrainer_LabelProportion
+from nnunet_stipple.trainers.stipple_trainer import STIPPLETrainer
+
+
+class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
+    """STIPPLE: prior-driven training plus pseudo-labels ranked by prior-driven probabilities."""
+    default_selection = "prior_confidence"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._setup_pseudo_labeling(dataset_json)
+
+    def pseudo_label_predictor(self):
+        from nnunet_stipple.inference.predictor import STIPPLEPredictor
+        predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                     perform_everything_on_device=True, device=self.device, verbose=False,
+                                     verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        return predictor
+
+    def predict_for_pseudo_label(self, predictor, data, case):
+        visual, offsets, report = predictor.predict_fold(data, None, case)
+        driven = torch.softmax(visual + offsets, 0).numpy()
+        centres = {}
+        for c, p in report.get("classes", {}).items():
+            if p.get("centre") is not None:
+                centres[c] = p["centre"]
+        return torch.softmax(visual, 0).numpy(), driven, {"centres": centres,
+                                                          "positioning_confidence": report.get("confidence")}
+
+    def _round_pseudo_centres(self, t: int, pseudo_ids: List[str]) -> None:
+        for case in pseudo_ids:
+            record = json.loads(self.pseudo_label_path(t, case).with_suffix(".json").read_text())
+            self.case_centres[case] = {int(c): v for c, v in record.get("centres", {}).items()}
+
+
+class nnUNetTrainer_PseudoLabel(PseudoLabelLoopMixin, nnUNetTrainer_LabelProportion):
+    """Baseline with relabeling: plain nnU-Net, pseudo-labels ranked by the plain softmax (no prior)."""
+    default_selection = "max_probability"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._setup_pseudo_labeling(dataset_json)

@@ -10,6 +10,7 @@ the prior-driven logits into segmentations and (``--save_probabilities``) prior-
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -146,6 +147,7 @@ class STIPPLEPredictor(nnUNetPredictor):
         """The logit offsets of the positioned prior for one fold, and a report of the positioning."""
         settings = prior.settings
         shape = tuple(logits.shape[1:])
+        started = time.perf_counter()
         if self.ground_truth_centres is not None and case is not None and case in self.ground_truth_centres:
             gt = self.ground_truth_centres[case]
             centres = {c: gt.get(c, gt.get(str(c))) for c in prior.built_classes}
@@ -167,7 +169,9 @@ class STIPPLEPredictor(nnUNetPredictor):
                 return torch.zeros_like(logits), {"fold": prior.fold, "method": "uniform_fallback"}
             centres = placement.centres
             report = {"fold": prior.fold, "method": "kl_search", **placement.to_json()}
-        return self._offsets_from_centres(prior, shape, centres), report
+        offsets = self._offsets_from_centres(prior, shape, centres)
+        report["positioning_seconds"] = time.perf_counter() - started
+        return offsets, report
 
     def _class_probabilities(self, logits: torch.Tensor) -> np.ndarray:
         if not self.label_manager.has_regions:

@@ -1,0 +1,64 @@
+"""nnUNetv2_stipple_pseudo_label_predict: predict one shard of a pseudo-labeling round's unlabeled cases.
+
+For datasets with thousands of unlabeled scans, run the shards of round t on several GPUs or machines
+(sharing nnUNet_preprocessed and nnUNet_results), e.g.
+
+    CUDA_VISIBLE_DEVICES=0 nnUNetv2_stipple_pseudo_label_predict -d 101 -c 3d_fullres -f 0 -tr STIPPLETrainer_PseudoLabel --round 1 -num_parts 2 -part_id 0
+    CUDA_VISIBLE_DEVICES=1 nnUNetv2_stipple_pseudo_label_predict -d 101 -c 3d_fullres -f 0 -tr STIPPLETrainer_PseudoLabel --round 1 -num_parts 2 -part_id 1
+
+then continue the loop with `nnUNetv2_train 101 3d_fullres 0 -tr STIPPLETrainer_PseudoLabel --c`: it reuses
+every pseudo-label already written. Round t needs round t-1's model (``round_<t-1>/checkpoint_final.pth``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_stipple.errors import StippleInputError
+
+
+def predict_pseudo_label_shard(dataset: str, configuration: str, fold, trainer: str, round_index: int,
+                               num_parts: int = 1, part_id: int = 0, plans: str = "nnUNetPlans",
+                               device: str = "cuda") -> list:
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
+    if not 0 <= part_id < num_parts:
+        raise StippleInputError(f"-part_id must be in 0..{num_parts - 1}, got {part_id}")
+    if round_index < 1:
+        raise StippleInputError(f"--round must be >= 1 (round 0 trains on labeled cases only), got {round_index}")
+    t = get_trainer_from_args(dataset, configuration, fold, trainer, plans, device=torch.device(device))
+    if not isinstance(t, PseudoLabelLoopMixin):
+        raise StippleInputError(f"Trainer {trainer} does not run a pseudo-labeling loop (use e.g. "
+                                f"STIPPLETrainer_PseudoLabel or nnUNetTrainer_PseudoLabel).")
+    rounds = t.run_config.effective_rounds
+    if round_index > rounds:
+        raise StippleInputError(f"--round {round_index} is beyond the run's T = {rounds} rounds.")
+    return t.make_pseudo_labels(round_index, t.unlabeled_cases(), part_id=part_id, num_parts=num_parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="nnUNetv2_stipple_pseudo_label_predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration")
+    p.add_argument("-f", required=True, help="fold (as given to nnUNetv2_train)")
+    p.add_argument("-tr", required=True, help="the pseudo-labeling trainer of the run")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--round", type=int, required=True, help="round t >= 1 whose pseudo-labels to predict")
+    p.add_argument("-num_parts", type=int, default=1, help="number of shards (default 1)")
+    p.add_argument("-part_id", type=int, default=0, help="this shard, 0 .. num_parts-1 (default 0)")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="device (default cuda)")
+    a = p.parse_args(argv)
+    fold = a.f if a.f == "all" else int(a.f)
+    try:
+        cases = predict_pseudo_label_shard(a.d, a.c, fold, a.tr, a.round, a.num_parts, a.part_id, a.p, a.device)
+    except StippleInputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    print(f"round {a.round}, shard {a.part_id + 1}/{a.num_parts}: {len(cases)} cases have pseudo-labels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,7 @@ class RunConfig:
     include_background: bool = False       # also add the most confident background voxels
     retrain: str = "scratch"               # "scratch" (the paper) or "finetune" (continue from m_{t-1})
     unlabeled_sources: List[str] = field(default_factory=lambda: ["hidden", "imagesUnlabeled"])
+    num_bins: Optional[int] = None         # B of the prior (STIPPLE trainers); None: the trainer's own
     num_epochs: Optional[int] = None       # schedule overrides for short studies
     num_iterations_per_epoch: Optional[int] = None
     num_val_iterations_per_epoch: Optional[int] = None
@@ -41,6 +42,8 @@ class RunConfig:
             raise StippleInputError(f"{source}: rounds must be >= 0, got {self.rounds}")
         if not 0 < self.gamma_max <= 1:
             raise StippleInputError(f"{source}: gamma_max must be in (0, 1], got {self.gamma_max}")
+        if self.num_bins is not None and self.num_bins < 1:
+            raise StippleInputError(f"{source}: num_bins must be >= 1, got {self.num_bins}")
         if self.retrain not in ("scratch", "finetune"):
             raise StippleInputError(f"{source}: retrain must be 'scratch' or 'finetune', got {self.retrain!r}")
         bad = set(self.unlabeled_sources) - {"hidden", "imagesUnlabeled"}

@@ -67,6 +67,8 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._read_run_config()
+        if self.run_config.num_bins is not None:
+            self.stipple_num_bins = self.run_config.num_bins
         self.case_centres: Dict[str, Dict[int, List[float]]] = {}
         self._prior_offsets_for_batch: Optional[List[torch.Tensor]] = None
         self._stipple_rng = np.random.default_rng()

@@ -10,8 +10,9 @@ EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
 
 def ext_trainer_dir() -> Path:
     """The folder to put into ``nnUNet_extTrainer`` so that nnU-Net finds ``STIPPLETrainer`` and its variants."""
-    import nnunet_stipple.trainers
-    return (Path(nnunet_stipple.trainers.__file__).resolve().parent / "nnunet_ext")
+    import importlib.util
+    spec = importlib.util.find_spec("nnunet_stipple.trainers")    # locates the package without importing it
+    return Path(spec.origin).resolve().parent / "nnunet_ext"
 
 
 def _same_dir(a: str, b: Path) -> bool:

@@ -76,7 +76,7 @@ class STIPPLEPredictor(nnUNetPredictor):
             raise StippleInputError(f"The prior in {source} has classes {sorted(prior.labels)} but the model's "
                                     f"dataset.json has {sorted(fg)}: the prior belongs to another dataset.")
         want = [round(float(s), 5) for s in self.configuration_manager.spacing]
-        if [round(s, 5) for s in prior.spacing] != want:
+        if [round(s, 5) for s in prior.spacing][-len(want):] != want:  # 2d: in-plane spacing only
             raise StippleInputError(f"The prior in {source} was built at spacing {prior.spacing}, the model's "
                                     f"configuration uses {want}: it belongs to another configuration.")
 

@@ -58,6 +58,17 @@ class PreprocessedDataset:
         return {int(c): names.get(c, f"label_{c}") for c in self.label_manager.foreground_labels}
 
 
+def spacing_3d(ds: "PreprocessedDataset") -> List[float]:
+    """Voxel spacing of the configuration's preprocessed arrays along all three axes.
+
+    nnU-Net's 2d configuration resamples in-plane only and keeps each case's own spacing along the first
+    axis; the dataset's median spacing stands in for it (it only converts mm settings to voxels)."""
+    spacing = [float(s) for s in ds.configuration_manager.spacing]
+    if len(spacing) == 2:
+        spacing = [float(ds.plans["original_median_spacing_after_transp"][0])] + spacing
+    return spacing
+
+
 def nnunet_preprocessed_root() -> Path:
     root = os.environ.get("nnUNet_preprocessed")
     if not root:
@@ -227,7 +238,7 @@ def build_fold_prior(ds: PreprocessedDataset, fold: Union[int, str], num_bins: i
 
     case_centres = {case: {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in b.items()}
                     for case, b in boxes.items()}
-    spacing = [float(s) for s in ds.configuration_manager.spacing]
+    spacing = spacing_3d(ds)
     return SpatialPrior(
         dataset_name=ds.name, plans_identifier=ds.plans_identifier, configuration=ds.configuration,
         fold=str(fold), num_bins=num_bins, axial_axis=axis, spacing=spacing, labels=labels,
@@ -250,7 +261,7 @@ def prior_matches(prior: SpatialPrior, ds: PreprocessedDataset, fold, num_bins: 
                              ("classes", prior.labels, ds.foreground_labels),
                              ("training cases", sorted(prior.training_cases), sorted(training_cases)),
                              ("spacing", [round(s, 6) for s in prior.spacing],
-                              [round(float(s), 6) for s in ds.configuration_manager.spacing])]:
+                              [round(s, 6) for s in spacing_3d(ds)])]:
         if have != want:
             reasons.append(f"{what} differs")
     return reasons

@@ -40,11 +40,12 @@ def summarize_prior(prior: SpatialPrior, npz_path: "Optional[str | Path]" = None
     lines.append(header)
     for c in prior.built_classes:
         size = prior.box_size(c)
-        mm = [b * s for b, s in zip(size, prior.spacing)]
+        mm_text = "x".join(f"{b * s:.1f}" for b, s in zip(size, prior.spacing)) \
+            if len(prior.spacing) == len(size) else "n/a (spacing not 3D)"
         hist = np.asarray(prior.histograms[c], dtype=np.float64)
         lines.append(
             f"  {c:>5}  {prior.labels.get(c, f'label_{c}'):<18} {prior.num_cases_per_class.get(c, 0):>6}  "
-            f"{'x'.join(str(s) for s in size):<16} {'x'.join(f'{v:.1f}' for v in mm):<24} "
+            f"{'x'.join(str(s) for s in size):<16} {mm_text:<24} "
             f"{_fmt(prior.mean_centres[c]):<22} {hist.max():>8.3f} {hist.mean():>9.3f}")
     missing = prior.missing_classes
     lines.append("")

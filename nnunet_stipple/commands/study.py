@@ -1,0 +1,111 @@
+"""nnUNetv2_stipple_study: the label-efficiency study of the STIPPLE paper (Table 2, Figure 6) with nnU-Net.
+
+Thin wrapper over :mod:`nnunet_stipple.benchmarks.study` (``run_study``, ``report_study``, ``run_cost``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from nnunet_stipple.errors import StippleInputError
+
+PROG = "nnUNetv2_stipple_study"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_stipple.benchmarks.study import DEFAULT_NSD_TOLERANCE_MM, METHODS, PROFILES
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Label-efficiency study of STIPPLE with nnU-Net: every (fold, label proportion alpha, method, "
+                    "bins B) is one nnUNetv2_train run in its own nnUNet_results root under STUDY_DIR/runs/; "
+                    "rerunning the same command resumes (finished runs are skipped, interrupted ones continue "
+                    "with --c). The report (Dice from nnU-Net's summary.json, NSD with MONAI, paired t-tests, "
+                    "table.md in the paper's Table 2 layout, plots) goes to STUDY_DIR/report/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="plan and train the study's runs (resumable), then write the report")
+    run.add_argument("-d", "--dataset", required=True, help="dataset name or id")
+    run.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration (e.g. 3d_fullres)")
+    run.add_argument("--study-dir", required=True, help="folder of the study (study.json, runs/, report/)")
+    run.add_argument("--profile", default="cpu-small",
+                     help="training budget (default cpu-small): " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()).replace("%", "%%"))
+    run.add_argument("--folds", nargs="+", type=int, default=None, help="folds (default: the profile's)")
+    run.add_argument("--alphas", nargs="+", type=float, default=None,
+                     help="label proportions in %% of the fold's training cases, in (0, 100] (default: the profile's)")
+    run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                     help=f"methods among {', '.join(METHODS)} (default: all)")
+    run.add_argument("--bins", nargs="+", type=int, default=None,
+                     help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: 5)")
+    run.add_argument("--bins-methods", nargs="+", default=["stipple_norelab"], metavar="METHOD",
+                     help="prior methods that get one run per B (default stipple_norelab); other prior methods use "
+                          "B = 5 (or the first B)")
+    run.add_argument("-p", "--plans", default=None,
+                     help="plans identifier (default: the profile's: nnUNetPlans for paper, nnUNetPlans_cpusmall "
+                          "for cpu-small)")
+    run.add_argument("-device", "--device", choices=["cpu", "cuda"], default=None,
+                     help="device of nnUNetv2_train (default: cpu for cpu-small, cuda for paper)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the runs, their stipple_run.json and commands and the estimate; write nothing")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                     help=f"tolerance of the normalised surface distance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
+
+    rep = sub.add_parser("report", help="(re)aggregate whatever has finished into STUDY_DIR/report/",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rep.add_argument("--study-dir", required=True)
+    rep.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                     help="tolerance of the normalised surface distance in mm")
+
+    cost = sub.add_parser("cost", help="cost of STIPPLE vs plain nnU-Net (nnunet_stipple.benchmarks.cost), "
+                                       "stored as STUDY_DIR/cost.json (used by `run` for its time estimate)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cost.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
+    cost.add_argument("-c", "--configuration", required=True)
+    cost.add_argument("--study-dir", required=True)
+    cost.add_argument("-p", "--plans", default=None, help="plans identifier (default: the study's, else nnUNetPlans)")
+    cost.add_argument("-f", "--fold", type=int, default=0)
+    cost.add_argument("-device", "--device", choices=["cpu", "cuda"], default="cpu")
+    cost.add_argument("--iterations", type=int, default=5, help="timed training iterations per run")
+    cost.add_argument("--warmup", type=int, default=2, help="untimed training iterations per run")
+    cost.add_argument("--repeats", type=int, default=2, help="alternating plain/STIPPLE runs of each measurement")
+    cost.add_argument("--cases", type=int, default=2, help="validation cases predicted per run")
+    cost.add_argument("--disable_tta", action="store_true", help="no mirroring in prediction")
+    cost.add_argument("-B", "--num-bins", type=int, default=5, help="bins of the prior")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nnunet_stipple.benchmarks import study as st
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        if args.command == "run":
+            res = st.run_study(args.dataset, args.configuration, args.study_dir, profile=args.profile,
+                               folds=args.folds, alphas=args.alphas, methods=args.methods, bins=args.bins,
+                               bins_methods=args.bins_methods, plans=args.plans, device=args.device,
+                               dry_run=args.dry_run, report=not args.no_report,
+                               nsd_tolerance_mm=args.nsd_tolerance, log=log)
+            if res.get("failed"):
+                print(f"{PROG}: {len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (see their "
+                      f"train_fold*.log); rerun the same command to retry them.", file=sys.stderr)
+                return 1
+        elif args.command == "report":
+            st.report_study(args.study_dir, nsd_tolerance_mm=args.nsd_tolerance, log=log)
+        else:
+            st.run_cost(args.dataset, args.configuration, args.study_dir, plans=args.plans, fold=args.fold,
+                        device=args.device, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
+                        num_cases=args.cases, mirroring=not args.disable_tta, num_bins=args.num_bins,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    except StippleInputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

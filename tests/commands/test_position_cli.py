@@ -1,0 +1,158 @@
+"""nnUNetv2_stipple_position and position_prior."""
+import json
+
+import numpy as np
+import pytest
+
+from nnunet_stipple.commands.position import main
+from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.positioning.api import position_prior
+from nnunet_stipple.positioning.place import centres_from_label
+from nnunet_stipple.priors.spatial_prior import SpatialPrior
+
+
+def tiny_prior() -> SpatialPrior:
+    """Classes 1 and 2, both built (boxes 4x3x3), B=2, spacing (2, 1, 1)."""
+    hist = np.full((2, 3, 3), 0.5, dtype=np.float32)
+    tmpl = np.full((4, 3, 3), 255, dtype=np.uint8)
+    return SpatialPrior(
+        dataset_name="Dataset999_Tiny", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
+        num_bins=2, axial_axis=0, spacing=[2.0, 1.0, 1.0], labels={1: "liver", 2: "spleen"},
+        histograms={1: hist, 2: hist.copy()}, slice_counts={1: np.array([2, 2]), 2: np.array([2, 2])},
+        templates={1: tmpl, 2: tmpl.copy()}, num_cases_per_class={1: 1, 2: 1},
+        mean_centres={1: [5.5, 5.0, 5.0], 2: [12.5, 10.0, 10.0]}, training_cases=["a"])
+
+
+def tiny_label(shape=(20, 16, 16)):
+    lab = np.zeros(shape, dtype=np.uint8)
+    lab[4:8, 4:7, 4:7] = 1
+    lab[11:15, 9:12, 9:12] = 2
+    return lab
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return excinfo.value.code, captured
+
+
+def test_from_label():
+    res = position_prior(tiny_prior(), label=tiny_label())
+    assert res["method"] == "label" and res["confidence"] == 1.0
+    assert res["centres"] == {"1": [5.5, 5.0, 5.0], "2": [12.5, 10.0, 10.0]}
+    json.dumps(res)
+
+
+def test_from_label_absent_class_and_nnunet_layout():
+    lab = tiny_label()
+    lab[lab == 2] = 0
+    res = position_prior(tiny_prior(), label=lab[None].astype(np.int16) - (lab[None] == 0))   # -1 outside mask
+    assert res["centres"]["2"] is None and res["classes"]["2"]["method"] == "absent"
+    assert res["centres"]["1"] == [5.5, 5.0, 5.0]
+
+
+def test_from_probabilities_recovers_position():
+    lab = tiny_label()
+    probs = np.stack([(lab == c).astype(np.float32) * 0.9 + 0.05 for c in range(3)])
+    res = position_prior(tiny_prior(), probabilities=probs, radius_mm=4)
+    assert res["method"] == "kl_search" and res["ok"]
+    assert res["centres"] == {"1": [5.5, 5.0, 5.0], "2": [12.5, 10.0, 10.0]}
+    assert 0 <= res["confidence"] <= 1
+    json.dumps(res)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({}, "neither"),
+    ({"label": tiny_label(), "probabilities": np.zeros((3, 20, 16, 16))}, "both"),
+    ({"label": np.zeros((16, 16))}, "2 dims"),
+    ({"label": np.zeros((2, 4, 4, 4))}, "4 dims"),
+    ({"label": np.zeros((1, 1, 4, 4, 4))}, "5 dims"),
+    ({"label": np.full((4, 4, 4), 0.5)}, "non-integer"),
+    ({"probabilities": np.zeros((20, 16, 16))}, "3 dims"),
+    ({"probabilities": np.zeros((2, 20, 16, 16))}, "2 channels but the prior has 3 classes"),
+    ({"probabilities": np.full((3, 4, 4, 4), np.nan)}, "non-finite"),
+    ({"label": tiny_label(), "radius_mm": -1}, "non-negative"),
+])
+def test_errors(kwargs, needle):
+    with pytest.raises(StippleInputError, match=needle):
+        position_prior(tiny_prior(), **kwargs)
+
+
+def test_cli_label_files(tmp_path, capsys):
+    import SimpleITK as sitk
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    lab = tiny_label()
+    np.save(tmp_path / "lab.npy", lab)
+    np.savez(tmp_path / "lab.npz", seg=lab[None])
+    img = sitk.GetImageFromArray(lab)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "lab.nii.gz"))
+    expected = {str(c): v for c, v in centres_from_label(lab, [1, 2]).items()}
+    for name in ("lab.npy", "lab.npz", "lab.nii.gz"):
+        assert main(["--prior", str(prior_path), "--label", str(tmp_path / name)]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["centres"] == expected
+        assert "warning" not in captured.err
+
+
+def test_cli_probabilities_to_file(tmp_path, capsys):
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    lab = tiny_label()
+    np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
+    out = tmp_path / "sub" / "pos.json"
+    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--radius-mm", "4",
+                 "-o", str(out)]) == 0
+    assert "kl_search" in capsys.readouterr().out
+    assert json.loads(out.read_text())["centres"]["2"] == [12.5, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: np.savez(d / "x.npz", other=np.zeros((3, 4, 4, 4))), "no array named 'probabilities'"),
+    (lambda d: np.savez(d / "x.npz", probabilities=np.zeros((2, 4, 4, 4))), "2 channels"),
+    (lambda d: np.savez(d / "x.npz", probabilities=np.zeros((4, 4, 4))), "3 dims"),
+    (lambda d: (d / "x.npz").write_text("not a zip"), "Cannot read"),
+    (lambda d: None, "does not exist"),
+])
+def test_cli_probability_errors(tmp_path, capsys, make, needle):
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    make(tmp_path)
+    code, captured = run_main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "x.npz")], capsys)
+    assert code == 2 and needle in captured.err
+
+
+@pytest.mark.parametrize("extra", [[], ["--label", "a.npy", "--probabilities", "b.npz"]])
+def test_cli_needs_exactly_one_input(tmp_path, capsys, extra):
+    code, captured = run_main(["--prior", "p.npz", *extra], capsys)
+    assert code == 2 and "usage:" in captured.err
+
+
+def test_cli_spacing_warning(tmp_path, capsys):
+    import SimpleITK as sitk
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    sitk.WriteImage(sitk.GetImageFromArray(tiny_label()), str(tmp_path / "lab.nii.gz"))    # spacing 1, 1, 1
+    assert main(["--prior", str(prior_path), "--label", str(tmp_path / "lab.nii.gz")]) == 0
+    assert "warning" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_label_of_preprocessed_cases_recovers_prior_centres(nnunet_env, tmp_path, capsys):
+    from nnunet_stipple.priors.build import build_priors, dataset_class_for, open_preprocessed
+    env = nnunet_env
+    [path] = build_priors(env["dataset_id"], "3d_fullres", [0], num_bins=4, figures=False, log=lambda *_: None)
+    prior = SpatialPrior.load(path)
+    ds = open_preprocessed(env["dataset_id"], "3d_fullres")
+    cases = sorted(prior.case_centres)
+    assert len(cases) == 8
+    data = dataset_class_for(ds)(str(ds.data_folder), cases)
+    for i, case in enumerate(cases):
+        seg = np.asarray(data.load_case(case)[1])           # (1, X, Y, Z), -1 outside the nonzero mask
+        expected = {str(c): v for c, v in prior.case_centres[case].items()}
+        if i == 0:      # once through the command line
+            np.save(tmp_path / "seg.npy", seg)
+            assert main(["--prior", str(path), "--label", str(tmp_path / "seg.npy")]) == 0
+            centres = json.loads(capsys.readouterr().out)["centres"]
+        else:
+            centres = position_prior(prior, label=seg)["centres"]
+        assert {k: v for k, v in centres.items() if v is not None} == expected

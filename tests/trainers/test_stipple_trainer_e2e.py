@@ -1,0 +1,149 @@
+"""End to end through nnU-Net's and our console commands on the preprocessed phantom (CPU).
+
+Train a few iterations of STIPPLETrainer_CPUDemo with ``nnUNetv2_train``, resume it with ``--c``, rerun
+the validation with ``--val``, predict with ``nnUNetv2_stipple_predict`` (with positioning reports),
+check that plain ``nnUNetv2_predict`` refuses, and predict a raw folder from an exported and re-installed
+zip in fresh nnU-Net folders.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.conftest import venv_script
+
+pytestmark = pytest.mark.e2e
+TRAINER = "STIPPLETrainer_CPUDemo"
+
+
+def _env(phantom):
+    from nnunet_stipple.paths import ext_trainer_env_value
+    env = dict(phantom["env"])
+    env["nnUNet_extTrainer"] = ext_trainer_env_value(env.get("nnUNet_extTrainer"))
+    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2", nnUNet_compile="f")
+    return env
+
+
+def _run(args, env, ok=True):
+    proc = subprocess.run([venv_script(args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_preprocessed):
+    env = _env(phantom_preprocessed)
+    _run(["nnUNetv2_train", phantom_preprocessed["dataset_id"], "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu"], env)
+    model = phantom_preprocessed["results"] / phantom_preprocessed["dataset_name"] / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    return {**phantom_preprocessed, "env": env, "model": model}
+
+
+def test_training_writes_prior_settings_checkpoint_and_stipple_validation(trained):
+    fold = trained["model"] / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    settings = json.loads((fold / "stipple.json").read_text())
+    assert settings["num_bins"] == 5 and settings["trainer"] == TRAINER
+    # the prior of the fold was built at the start of training, in nnUNet_preprocessed
+    prior_file = trained["preprocessed_dataset"] / "stipple_priors" / "nnUNetPlans__3d_fullres" / "B5" / "fold_0.npz"
+    assert prior_file.is_file() and prior_file.with_suffix(".json").is_file()
+    # the checkpoint carries the prior (self-contained models)
+    import torch
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert "stipple_prior.meta_json" in ckpt["network_weights"]
+    assert any(k.startswith("stipple_prior.hist_") for k in ckpt["network_weights"])
+    # final validation used STIPPLE prediction: positioning reports next to nnU-Net's summary
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    reports = list((fold / "validation" / "stipple_positioning").glob("*.json"))
+    assert len(reports) == len(summary["metric_per_case"]) > 0
+    rep = json.loads(reports[0].read_text())
+    assert rep["folds"][0]["method"] in ("kl_search", "uniform_fallback")
+
+
+def test_continue_and_validation_only(trained):
+    env = trained["env"]
+    proc = _run(["nnUNetv2_train", trained["dataset_id"], "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu", "--c"], env)
+    assert "Traceback" not in proc.stderr
+    summary = trained["model"] / "fold_0" / "validation" / "summary.json"
+    summary.unlink()
+    _run(["nnUNetv2_train", trained["dataset_id"], "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu", "--val"], env)
+    assert summary.is_file()
+
+
+def test_stipple_predict_and_probabilities(trained, tmp_path):
+    env = trained["env"]
+    out = tmp_path / "pred"
+    _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
+          "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
+          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1], env)
+    segs = sorted(out.glob("*.nii.gz"))
+    assert len(segs) == 2
+    img = sitk.ReadImage(str(trained["raw_dataset"] / "imagesUnlabeled" / segs[0].name.replace(".nii.gz", "_0000.nii.gz")))
+    seg = sitk.ReadImage(str(segs[0]))
+    assert seg.GetSize() == img.GetSize()
+    probs = np.load(segs[0].with_name(segs[0].name.replace(".nii.gz", ".npz")))["probabilities"]
+    assert np.all(np.isfinite(probs)) and np.allclose(probs.sum(0), 1, atol=1e-3)
+    # prior-driven probabilities: never exactly the plain softmax's saturation at 0 for all classes
+    reports = sorted((out / "stipple_positioning").glob("*.json"))
+    assert len(reports) == 2
+    fold_report = json.loads(reports[0].read_text())["folds"][0]
+    assert "positioning_seconds" in fold_report
+
+
+def test_plain_nnunet_predict_refuses(trained, tmp_path):
+    proc = _run(["nnUNetv2_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", tmp_path / "plain",
+                 "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
+                 "--disable_tta", "-npp", 1, "-nps", 1], trained["env"], ok=False)
+    assert proc.returncode != 0
+    assert "nnUNetv2_stipple_predict" in proc.stdout + proc.stderr
+    assert not list((tmp_path / "plain").glob("*.nii.gz"))
+
+
+def test_export_zip_and_predict_from_installed_model(trained, tmp_path):
+    env = trained["env"]
+    zip_file = tmp_path / "model.zip"
+    _run(["nnUNetv2_export_model_to_zip", "-d", trained["dataset_id"], "-c", "3d_fullres", "-tr", TRAINER,
+          "-f", 0, "-o", zip_file], env)
+    # a fresh machine: new nnU-Net folders, only the zip and a folder of raw images
+    fresh = dict(env, nnUNet_results=str(tmp_path / "results"), nnUNet_raw=str(tmp_path / "raw"),
+                 nnUNet_preprocessed=str(tmp_path / "pre"))
+    for k in ("results", "raw", "pre"):
+        (tmp_path / k).mkdir()
+    _run(["nnUNetv2_install_pretrained_model_from_zip", zip_file], fresh)
+    images = tmp_path / "challenge_images"
+    shutil.copytree(trained["raw_dataset"] / "imagesUnlabeled", images)
+    model = tmp_path / "results" / trained["dataset_name"] / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    _run(["nnUNetv2_stipple_predict", "-i", images, "-o", tmp_path / "out", "-m", model, "-f", 0,
+          "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], fresh)
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 2
+
+
+def test_model_without_prior_gets_clear_error(trained, tmp_path):
+    """A plain nnU-Net checkpoint copied under a STIPPLE trainer name: the predictor names the file."""
+    import torch
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model, ignore=shutil.ignore_patterns("validation"))
+    ckpt_file = model / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    ckpt["network_weights"] = {k: v for k, v in ckpt["network_weights"].items() if not k.startswith("stipple_prior.")}
+    torch.save(ckpt, ckpt_file)
+    proc = _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", tmp_path / "o",
+                 "-m", model, "-f", 0, "-device", "cpu", "--disable_tta"], trained["env"], ok=False)
+    assert proc.returncode == 2
+    assert "holds no STIPPLE prior" in proc.stderr and "checkpoint_final.pth" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_2d_configuration_trains(phantom_preprocessed):
+    env = _env(phantom_preprocessed)
+    _run(["nnUNetv2_train", phantom_preprocessed["dataset_id"], "2d", 0, "-tr", TRAINER, "-device", "cpu"], env)
+    fold = (phantom_preprocessed["results"] / phantom_preprocessed["dataset_name"]
+            / f"{TRAINER}__nnUNetPlans__2d" / "fold_0")
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (fold / "validation" / "summary.json").is_file()

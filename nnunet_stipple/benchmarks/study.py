@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -510,7 +510,8 @@ def _plans_summary(dataset_name: str, configuration: str, plans: str) -> dict:
         c = json.loads(f.read_text())["configurations"].get(configuration)
         if c:
             out[key] = {"patch_size": c.get("patch_size"), "batch_size": c.get("batch_size"),
-                        "spacing": c.get("spacing"), "median_image_size_in_voxels": c.get("median_image_size_in_voxels")}
+                        "spacing": c.get("spacing"),
+                        "median_image_size_in_voxels": c.get("median_image_size_in_voxels")}
     if "used" in out and "paper" in out and out["used"] != out["paper"]:
         return {"network_input": out}
     return {}
@@ -770,7 +771,8 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
 
     log(f"Study {study_dir}: {dataset_name} {configuration} -p {plans}, profile {prof.name} ({prof.description})")
     log(f"  folds {folds}, alphas {[alpha_str(a) for a in alphas]} %, methods {methods}, bins {bins}"
-        f"{'' if unlabeled else '; no imagesUnlabeled: relabel methods at 100 % are skipped (same as without relabeling)'}")
+        + ("" if unlabeled else "; no imagesUnlabeled: relabel methods at 100 % are skipped (same as without "
+                                "relabeling)"))
     log(f"  {est['runs']} runs x folds, {est['trainings']} nnU-Net trainings "
         f"(relabel methods train 1 + T models)"
         + (f"; rough time estimate {format_duration(est['seconds'])} on {device} "
@@ -788,7 +790,8 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
             if dry_run:
                 log(f"  {s.run_id:28s} fold {f}: {state:8s} {s.trainer}  stipple_run.json "
                     f"{json.dumps(run_config_for(s, prof))}")
-                log(f"      nnUNet_results={root} {' '.join(train_command(dataset_name, configuration, f, s.trainer, plans, device))}")
+                cmd = train_command(dataset_name, configuration, f, s.trainer, plans, device)
+                log(f"      nnUNet_results={root} {' '.join(cmd)}")
             result["status"][f"{s.run_id}/fold_{f}"] = state
     if dry_run:
         log("(dry run: nothing written, nothing trained)")
@@ -1089,7 +1092,6 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     pancreas = pancreas_key(names)
     specs = [RunSpec.from_json(d) for d in study.get("runs", {}).values()]
     specs.sort(key=lambda s: _spec_order(s, main_bins(study.get("bins") or [DEFAULT_BINS])))
-    by_id = {s.run_id: s for s in specs}
     run_folds = {d["run_id"] if "run_id" in d else RunSpec.from_json(d).run_id: d.get("folds", study["folds"])
                  for d in study.get("runs", {}).values()}
 
@@ -1150,10 +1152,6 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
         return {(c["fold"], c["case"]): _metric(c, metric, pancreas)
                 for cs in cases_of.get(run_id, {}).values() for c in cs}
 
-    def resolve(run_id: str) -> str:
-        s = by_id.get(run_id)
-        return s.same_as if s is not None and s.skipped and s.same_as else run_id
-
     ttests = []
     for alpha in sorted({s.alpha for s in specs}, reverse=True):
         at = [s for s in specs if s.alpha == alpha]
@@ -1166,17 +1164,16 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
         if stipple is not None and relab is not None:
             pairs.append((stipple, relab))
         for a_spec, b_spec in pairs:
-            ra, rb = resolve(a_spec.run_id), resolve(b_spec.run_id)
-            if ra == rb:
+            if a_spec.skipped or b_spec.skipped:   # "-" in the table; its counterpart is tested already
                 continue
+            ra, rb = a_spec.run_id, b_spec.run_id
             for m in metrics:
                 va, vb = case_values(ra, m), case_values(rb, m)
                 if not va or not vb:
                     continue
                 t = paired_ttest(va, vb)
-                t.update({"alpha": alpha, "metric": m, "a": a_spec.run_id, "b": b_spec.run_id,
-                          "a_label": _row_label(a_spec), "b_label": _row_label(b_spec),
-                          "a_data": ra, "b_data": rb})
+                t.update({"alpha": alpha, "metric": m, "a": ra, "b": rb,
+                          "a_label": _row_label(a_spec), "b_label": _row_label(b_spec)})
                 ttests.append(t)
 
     out_dir = study_dir / REPORT_FOLDER
@@ -1228,7 +1225,8 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
     by = {(a["method"], a["bins"], a["alpha"]): a for a in aggregates}
     titles = {"dice": "Dice (DSC, %), mean over foreground classes",
               "nsd": f"NSD (%, tolerance {tol:g} mm), mean over foreground classes",
-              "pancreas_dice": f"Dice (DSC, %), {pancreas_name}", "pancreas_nsd": f"NSD (%, {tol:g} mm), {pancreas_name}"}
+              "pancreas_dice": f"Dice (DSC, %), {pancreas_name}",
+              "pancreas_nsd": f"NSD (%, {tol:g} mm), {pancreas_name}"}
     lines = [f"# Label-efficiency study: {study['dataset']}, {study['configuration']}, plans {study['plans']}, "
              f"profile {study['profile']}", ""]
     if study.get("reduced_vs_paper"):
@@ -1267,7 +1265,8 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
               f"-: {SKIPPED_SAME} (α = 100 % and no imagesUnlabeled: nothing to relabel), as in the paper.", ""]
     if ttests:
         lines += ["## Paired t-tests (scipy.stats.ttest_rel over validation cases, per α): p-values", ""]
-        comps = list(dict.fromkeys((t["metric"], t["a_label"], t["b_label"]) for t in ttests))
+        comps = sorted(dict.fromkeys((t["metric"], t["a_label"], t["b_label"]) for t in ttests),
+                       key=lambda c: metrics.index(c[0]))     # stable: comparisons in order within a metric
         lines += ["| metric | comparison | " + " | ".join(f"{alpha_str(a)}%" for a in alphas) + " |",
                   "|---|---|" + "---|" * len(alphas)]
         tb = {(t["metric"], t["a_label"], t["b_label"], t["alpha"]): t for t in ttests}
@@ -1281,8 +1280,8 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
                     d = "" if t["mean_diff"] is None else f" (Δ {t['mean_diff'] * 100:+.2f}, n={t['n']})"
                     cells.append(_fmt_p(t["p"]) + d)
             lines.append(f"| {metric} | {al_} vs {bl} | " + " | ".join(cells) + " |")
-        lines += ["", "Δ: mean paired difference in points (%); a skipped relabel run at 100 % is compared "
-                      "through the run it is the same as.", ""]
+        lines += ["", "Δ: mean paired difference (first minus second) in points (%), n: paired cases; runs "
+                      "shown as - are not tested (their counterpart without relabeling is).", ""]
     return "\n".join(lines)
 
 

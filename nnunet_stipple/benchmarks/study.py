@@ -388,12 +388,12 @@ def train_env(run_root: Path, base: Optional[dict] = None) -> dict:
 def coarse_target_spacing(fullres_spacing: Sequence[float], inplane_factor: float = 2.0,
                           min_axial_mm: float = 4.0) -> List[float]:
     """Coarse target spacing (array axis order, as ``-overwrite_target_spacing``): ``inplane_factor`` x the
-    in-plane spacing and at least ``min_axial_mm`` (and at least ``inplane_factor`` x) along the out-of-plane
-    axis, which is the axis of the largest spacing (the first on ties, z for nnU-Net's SimpleITK reader)."""
+    in-plane spacing, and the dataset's spacing but at least ``min_axial_mm`` along the out-of-plane axis (the
+    axis of the largest spacing; the first on ties, z for nnU-Net's SimpleITK reader). z is not coarsened
+    further: the prior needs B = 5 (up to 10 in the bins study) slices of the smallest organ."""
     s = [float(v) for v in fullres_spacing]
     z = int(np.argmax(s))
-    return [round(max(min_axial_mm, inplane_factor * v) if i == z else inplane_factor * v, 4)
-            for i, v in enumerate(s)]
+    return [round(max(min_axial_mm, v) if i == z else inplane_factor * v, 4) for i, v in enumerate(s)]
 
 
 def dataset_fullres_spacing(dataset_name: str) -> List[float]:
@@ -435,6 +435,10 @@ def ensure_cpu_small_plans(dataset_name: str, configuration: str, plans: str, st
     did = dataset_id(dataset_name)
     log_file = Path(study_dir) / "planning.log"
     if not plans_file.is_file():
+        if plans == "nnUNetPlans":
+            raise StippleInputError(f"{plans_file} does not exist, and the cpu-small profile does not write its "
+                                    f"coarse plans under nnU-Net's default name: leave -p out (it uses "
+                                    f"{CPU_SMALL_PLANS}) or run nnUNetv2_plan_and_preprocess -d {did} first.")
         if not (base / "dataset_fingerprint.json").is_file():
             raw = raw_dataset_folder(dataset_name)
             if raw is None or not raw.is_dir():
@@ -578,6 +582,9 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
         s_plain = batch * float(np.prod(patch)) / throughput
         s_stipple = 1.1 * s_plain
         source = f"rough guess ({'GPU' if device == 'cuda' else f'{os.cpu_count()} CPU cores'})"
+    # fixed costs seen on a 2-core CPU with the phantom: process start + initialisation, per-epoch
+    # bookkeeping (checkpoint, plot), per predicted case (nnU-Net's export workers, resampling)
+    startup, per_epoch, per_case = (15.0, 2.0, 30.0) if device != "cuda" else (30.0, 1.0, 3.0)
     median_shape = plans_config.get("median_image_size_in_voxels") or patch
     tiles = 1
     for s, p in zip(median_shape, patch):
@@ -590,9 +597,9 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
         if s.skipped:
             continue
         it = s_stipple if s.method in PRIOR_METHODS else s_plain
-        per_case_pred = tiles * mirrors * it / batch / 3
-        epoch = (profile.num_iterations_per_epoch + profile.num_val_iterations_per_epoch / 3) * it
-        per_fold = trainings_per_fold(s) * profile.num_epochs * epoch + n_val * per_case_pred
+        per_case_pred = tiles * mirrors * it / batch / 3 + per_case
+        epoch = (profile.num_iterations_per_epoch + profile.num_val_iterations_per_epoch / 3) * it + per_epoch
+        per_fold = trainings_per_fold(s) * (startup + profile.num_epochs * epoch) + n_val * per_case_pred
         if s.method in RELABEL_COUNTERPART:
             hidden = round(n_tr * (1 - s.alpha / 100))
             per_fold += (trainings_per_fold(s) - 1) * hidden * per_case_pred
@@ -632,6 +639,19 @@ def _read_run_json(folder: Path) -> dict:
         except json.JSONDecodeError:
             pass
     return {}
+
+
+def _last_error_line(log_file: Path) -> Optional[str]:
+    """The last line of a training log that looks like a Python exception (for run.json and the console)."""
+    try:
+        lines = Path(log_file).read_text(errors="replace").splitlines()[-400:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        head = line.split(":", 1)[0].strip()
+        if head and " " not in head and (head.endswith(("Error", "Exception", "Interrupt")) or head == "Killed"):
+            return line.strip()[:500]
+    return None
 
 
 def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, configuration: str, plans: str,
@@ -677,9 +697,12 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
     fmeta["wall_seconds"] += wall
     ok = rc == 0 and fold_finished(mdir, fold)
     fmeta["status"] = "finished" if ok else "failed"
+    if not ok:
+        attempt["error"] = _last_error_line(log_file)
     write_json_atomic(run_file, meta)
-    log(f"[{spec.run_id} fold {fold}] {'finished' if ok else f'FAILED (exit {rc}), see {log_file}'} "
-        f"after {format_duration(wall)}")
+    log(f"[{spec.run_id} fold {fold}] "
+        + ("finished" if ok else f"FAILED (exit {rc}): {attempt['error'] or '(no error line)'}; see {log_file}")
+        + f" after {format_duration(wall)}")
     return "done" if ok else "failed"
 
 

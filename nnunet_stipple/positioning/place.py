@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
-from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius
+from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius, prepare_reference
 from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes, organ_centre
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
@@ -72,16 +73,24 @@ class Placement:
 
 
 def _largest_component_centre(mask: np.ndarray) -> Optional[np.ndarray]:
+    """Bounding-box centre of the largest 26-connected component of a (cropped) boolean mask."""
     import cc3d
     if not mask.any():
         return None
-    cc = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
-    counts = np.bincount(cc.ravel())
-    counts[0] = 0
-    largest = cc == int(np.argmax(counts))
-    boxes = class_bounding_boxes(largest.astype(np.uint8), [1])
-    lo, hi = boxes[1]
-    return organ_centre(lo, hi)
+    stats = cc3d.statistics(cc3d.connected_components(mask.view(np.uint8), connectivity=26))
+    counts = np.asarray(stats["voxel_counts"])
+    counts[0] = 0  # background
+    box = stats["bounding_boxes"][int(np.argmax(counts))]
+    return organ_centre([b.start for b in box], [b.stop - 1 for b in box])
+
+
+def _prepared_reference(prior: SpatialPrior, c: int, radius):
+    """The reference's FFT depends only on the prior and the radius: computed once per prior."""
+    cache = prior.__dict__.setdefault("_prepared_references", {})
+    key = (c, tuple(radius))
+    if key not in cache:
+        cache[key] = prepare_reference(prior.template(c), radius)
+    return cache[key]
 
 
 def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
@@ -96,22 +105,26 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
     if probs.ndim != 4 or probs.shape[0] < prior.num_outputs:
         raise ValueError(f"probabilities must be (>= {prior.num_outputs}, X, Y, Z), got {probs.shape}")
     radius = mm_to_voxel_radius(radius_mm, prior.spacing)
-    argmax = probs.argmax(0)
+    argmax = probs.argmax(0).astype(np.int32)
+    # one pass for every class's bounding box; connected components then only run inside each box
+    boxes = ndimage.find_objects(argmax, max_label=prior.num_outputs - 1)
     placement = Placement()
     for c in prior.built_classes:
-        mask = argmax == c
-        n = int(mask.sum())
+        box = boxes[c - 1] if c - 1 < len(boxes) else None
+        crop = (argmax[box] == c) if box is not None else None
+        n = int(crop.sum()) if crop is not None else 0
         coarse = None
         if start_centres is not None and start_centres.get(c) is not None:
             coarse = np.asarray(start_centres[c], dtype=np.float64)
         elif n:
-            coarse = _largest_component_centre(mask)
+            coarse = _largest_component_centre(crop) + np.array([s.start for s in box])
         if coarse is None:
             placement.classes[c] = ClassPlacement(centre=None, method="none", predicted_voxels=n)
             continue
         size = prior.box_size(c)
         start0 = box_start(coarse, size)
-        res = kl_translation_search(probs[c], prior.template(c), tuple(int(v) for v in start0), radius, eps=eps)
+        res = kl_translation_search(probs[c], _prepared_reference(prior, c, radius), tuple(int(v) for v in start0),
+                                    radius, eps=eps)
         placement.classes[c] = ClassPlacement(
             centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in coarse],
             offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),

@@ -216,21 +216,23 @@ class SpatialPrior:
     def probabilities_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
                               floor: float = DEFAULT_FLOOR) -> np.ndarray:
         """Per-voxel class probabilities p (num_outputs, *shape): p > 0 everywhere and sum_k p_k = 1."""
-        return combine_class_probabilities(self.foreground_on_grid(shape, centres), floor)
+        return combine_class_probabilities(self.foreground_on_grid(shape, centres), floor, in_place=True)
 
 
-def combine_class_probabilities(q, floor: float = DEFAULT_FLOOR, channel_dim: int = 0):
+def combine_class_probabilities(q, floor: float = DEFAULT_FLOOR, channel_dim: int = 0, in_place: bool = False):
     """Turn organ probabilities q_1..q_K (channel 0 ignored) into a distribution over classes.
 
     Background is what the organs leave, ``q_0 = max(0, 1 - sum_k q_k)``; every class is then floored at
     ``floor`` (so ln p is finite and a badly placed prior cannot veto a class outright) and the vector is
     renormalised to sum to one. Accepts numpy arrays (returns numpy) and torch tensors (returns torch, on
-    the same device): one implementation serves prediction and training."""
+    the same device): one implementation serves prediction and training. ``in_place`` reuses the memory
+    of a float32 input (large volumes)."""
     import torch
     check_floor(floor)
     as_numpy = isinstance(q, np.ndarray)
     t = torch.from_numpy(np.asarray(q, dtype=np.float32)) if as_numpy else q.float()
-    t = t.clone()
+    if not in_place:
+        t = t.clone()
     organs = t.narrow(channel_dim, 1, t.shape[channel_dim] - 1)
     t.narrow(channel_dim, 0, 1).copy_((1.0 - organs.sum(channel_dim, keepdim=True)).clamp(0.0, 1.0))
     t.clamp_(min=floor)

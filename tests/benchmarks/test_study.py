@@ -91,6 +91,8 @@ class FakeTrainer:
         self.calls.append({"cmd": cmd, "env": env, "run_config": rc})
         log_file.write_text("fake training\n")
         if trainer in self.fail:
+            log_file.write_text("Traceback (most recent call last):\n  ...\n"
+                                "nnunet_stipple.errors.StippleInputError: B=5 is larger than the depth\n")
             return 1
         val = mdir / f"fold_{fold}" / "validation"
         m = BADNESS[trainer] + (rc.get("num_bins", 5) == 1)
@@ -183,9 +185,10 @@ def test_trainings_count():
 
 
 def test_coarse_target_spacing():
-    assert st.coarse_target_spacing([3.0, 0.8, 0.8]) == [6.0, 1.6, 1.6]
+    assert st.coarse_target_spacing([3.0, 0.8, 0.8]) == [4.0, 1.6, 1.6]
+    assert st.coarse_target_spacing([5.0, 0.8, 0.8]) == [5.0, 1.6, 1.6]
     assert st.coarse_target_spacing([1.0, 1.0, 1.0]) == [4.0, 2.0, 2.0]
-    assert st.coarse_target_spacing([0.7, 0.7, 2.5]) == [1.4, 1.4, 5.0]
+    assert st.coarse_target_spacing([0.7, 0.7, 2.5]) == [1.4, 1.4, 4.0]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -280,6 +283,7 @@ def test_failed_run_is_recorded_and_retried(fake_dataset):
     assert sorted(res["failed"]) == ["10/stipple_norelab/fold_0", "10/stipple_norelab/fold_1"]
     meta = json.loads((fake_dataset["tmp"] / "study/runs/10/stipple_norelab/run.json").read_text())
     assert meta["folds"]["0"]["status"] == "failed" and meta["folds"]["0"]["attempts"][0]["returncode"] == 1
+    assert meta["folds"]["0"]["attempts"][0]["error"].startswith("nnunet_stipple.errors.StippleInputError: B=5")
     runner2 = FakeTrainer()
     _run(fake_dataset, runner2, methods=["plain", "stipple_norelab"], alphas=[10], report=False)
     assert [c["cmd"][5] for c in runner2.calls] == ["STIPPLETrainer", "STIPPLETrainer"]

@@ -189,3 +189,16 @@ class STIPPLEPredictor(nnUNetPredictor):
             return softmax_offset(p)
         return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions,
                                                    prior.settings["floor"], channel_dim=0))
+
+
+def predictor_for_trainer(trainer, predictor_class=None, **kwargs) -> nnUNetPredictor:
+    """A predictor around a trainer's live network (final validation, pseudo-labels), with nnU-Net's
+    validation settings (step 0.5, Gaussian weighting, mirroring)."""
+    predictor_class = predictor_class or STIPPLEPredictor
+    predictor = predictor_class(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=True, device=trainer.device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False, **kwargs)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__,
+                                    trainer.inference_allowed_mirroring_axes)
+    return predictor

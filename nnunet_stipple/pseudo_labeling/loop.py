@@ -234,13 +234,8 @@ class PseudoLabelLoopMixin:
 
     def pseudo_label_predictor(self):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
-        return predictor
+        from nnunet_stipple.inference.predictor import predictor_for_trainer
+        return predictor_for_trainer(self, nnUNetPredictor)
 
     def predict_for_pseudo_label(self, predictor, data: torch.Tensor, case: str):
         """(visual probabilities, prior-driven probabilities or None, extra info) for one case."""

@@ -22,14 +22,8 @@ class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
         self._setup_pseudo_labeling(dataset_json)
 
     def pseudo_label_predictor(self):
-        from nnunet_stipple.inference.predictor import STIPPLEPredictor
-        predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                     perform_everything_on_device=True, device=self.device, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
-        return predictor
+        from nnunet_stipple.inference.predictor import predictor_for_trainer
+        return predictor_for_trainer(self)
 
     def predict_for_pseudo_label(self, predictor, data, case):
         visual, offsets, report = predictor.predict_fold(data, None, case)

@@ -256,18 +256,12 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's final validation with STIPPLE prediction (positioned prior) instead of plain logits."""
-        from nnunet_stipple.inference.predictor import STIPPLEPredictor
+        from nnunet_stipple.inference.predictor import predictor_for_trainer
         self.set_deep_supervision_enabled(False)
         self.network.eval()
         validation_folder = Path(self.output_folder) / 'validation'
         validation_folder.mkdir(parents=True, exist_ok=True)
-        predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                     perform_everything_on_device=True, device=self.device, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False,
-                                     report_folder=str(validation_folder / 'stipple_positioning'))
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
+        predictor = predictor_for_trainer(self, report_folder=str(validation_folder / 'stipple_positioning'))
         _, val_keys = self.do_split()
         if self.is_ddp:
             val_keys = val_keys[self.local_rank:: dist.get_world_size()]

@@ -24,31 +24,28 @@ class STIPPLETrainer_noPriorDropout(STIPPLETrainer):
     stipple_prior_dropout = 0.0
 
 
-class STIPPLETrainer_5epochs(STIPPLETrainer):
+class ShortScheduleMixin:
+    """Sets a short schedule (epochs, iterations, validation iterations) unless stipple_run.json sets one."""
+    short_schedule = (1, 3, 1)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        rc = self.run_config
+        epochs, iterations, val_iterations = self.short_schedule
+        self.num_epochs = rc.num_epochs or epochs
+        self.num_iterations_per_epoch = rc.num_iterations_per_epoch or iterations
+        self.num_val_iterations_per_epoch = rc.num_val_iterations_per_epoch or val_iterations
+
+
+class STIPPLETrainer_5epochs(ShortScheduleMixin, STIPPLETrainer):
     """Short schedule for CPU studies: 5 epochs of 50 iterations."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
+    short_schedule = (5, 50, 10)
 
 
-class STIPPLETrainer_CPUDemo(STIPPLETrainer):
+class STIPPLETrainer_CPUDemo(ShortScheduleMixin, STIPPLETrainer):
     """A handful of iterations, for the demo and the end-to-end tests on CPU (not a useful model)."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.run_config.num_epochs or 1
-        self.num_iterations_per_epoch = self.run_config.num_iterations_per_epoch or 3
-        self.num_val_iterations_per_epoch = self.run_config.num_val_iterations_per_epoch or 1
 
 
-class STIPPLETrainer_PseudoLabel_CPUDemo(STIPPLETrainer_PseudoLabel):
+class STIPPLETrainer_PseudoLabel_CPUDemo(ShortScheduleMixin, STIPPLETrainer_PseudoLabel):
     """The loop with a handful of iterations per round, for the demo and end-to-end tests on CPU."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.run_config.num_epochs or 1
-        self.num_iterations_per_epoch = self.run_config.num_iterations_per_epoch or 3
-        self.num_val_iterations_per_epoch = self.run_config.num_val_iterations_per_epoch or 1

@@ -11,6 +11,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# `source .venv/bin/activate` in a fresh shell then also lets nnUNetv2_train find the STIPPLE trainers
+if ! grep -q "nnUNetv2_stipple_env" .venv/bin/activate; then
+  printf '\n# nnunet_stipple: make nnU-Net find the STIPPLE trainers\neval "$(nnUNetv2_stipple_env)"\n' >> .venv/bin/activate
+fi
 .venv/bin/python - <<'PY'
 import torch, torchvision, nnunetv2, importlib.metadata as md
 print(f"nnunet_stipple installed: nnunetv2 {md.version('nnunetv2')}, torch {torch.__version__}, "

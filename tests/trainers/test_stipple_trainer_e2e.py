@@ -147,3 +147,17 @@ def test_2d_configuration_trains(phantom_preprocessed):
             / f"{TRAINER}__nnUNetPlans__2d" / "fold_0")
     assert (fold / "checkpoint_final.pth").is_file()
     assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_resenc_plans_train(phantom_preprocessed):
+    """nnU-Net's residual-encoder presets (-p nnUNetResEncUNetMPlans) work like the default plans."""
+    env = _env(phantom_preprocessed)
+    d = phantom_preprocessed["dataset_id"]
+    _run(["nnUNetv2_plan_experiment", "-d", d, "-pl", "nnUNetPlannerResEncM"], env)
+    _run(["nnUNetv2_preprocess", "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres", "-np", 1], env)
+    _run(["nnUNetv2_train", d, "3d_fullres", 0, "-tr", TRAINER, "-p", "nnUNetResEncUNetMPlans", "-device", "cpu"], env)
+    fold = (phantom_preprocessed["results"] / phantom_preprocessed["dataset_name"]
+            / f"{TRAINER}__nnUNetResEncUNetMPlans__3d_fullres" / "fold_0")
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (phantom_preprocessed["preprocessed_dataset"] / "stipple_priors" / "nnUNetResEncUNetMPlans__3d_fullres"
+            / "B5" / "fold_0.npz").is_file()

@@ -744,7 +744,10 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
             except StippleInputError:
                 log(f"(dry run) would plan {plans} with a coarse target spacing and preprocess {configuration}")
         else:
+            previous = planning or {}
             planning = ensure_cpu_small_plans(dataset_name, configuration, plans, study_dir, log)
+            if not planning["commands"] and previous.get("commands"):   # planned by an earlier invocation
+                planning["commands"] = previous["commands"]
             ds = open_preprocessed(dataset_name, configuration, plans)
     else:
         ds = open_preprocessed(dataset_name, configuration, plans)

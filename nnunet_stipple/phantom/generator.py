@@ -282,7 +282,8 @@ def make_phantom_dataset(raw_root, dataset_id: int = 990, name: str = "STIPPLEPh
     raw_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder_name}.tmp-", dir=raw_root))
     try:
-        for sub in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+        # no imagesUnlabeled/ without unlabeled images: an empty folder is an input error for the trainers
+        for sub in ("imagesTr", "labelsTr") + (("imagesUnlabeled",) if num_unlabeled else ()):
             (tmp / sub).mkdir()
         for i in range(num_labeled):
             image, label = make_phantom_case(i, shape, spacing, seed)

@@ -155,20 +155,23 @@ class STIPPLEPredictor(nnUNetPredictor):
         else:
             placement = position_from_probabilities(prior, self._class_probabilities(logits),
                                                     settings["search_radius_mm"])
-            for _ in range(int(settings["repositioning_steps"])):
+            steps = 0
+            for steps in range(1, int(settings["repositioning_steps"]) + 1):
                 if not placement.ok:
                     break
                 driven = logits + self._offsets_from_centres(prior, shape, placement.centres)
                 placement = position_from_probabilities(prior, self._class_probabilities(driven),
                                                         settings["search_radius_mm"],
                                                         start_centres=placement.centres)
+                if all(p.offset == [0, 0, 0] for p in placement.classes.values() if p.method == "kl"):
+                    break  # converged: another step would search from the same centres
             if not placement.ok:
                 msg = (f"STIPPLE: no organ of the prior was found in the first prediction of case {case}; "
                        f"using a uniform prior (plain nnU-Net output) for fold {prior.fold}.")
                 warnings.warn(msg)
                 return torch.zeros_like(logits), {"fold": prior.fold, "method": "uniform_fallback"}
             centres = placement.centres
-            report = {"fold": prior.fold, "method": "kl_search", **placement.to_json()}
+            report = {"fold": prior.fold, "method": "kl_search", "repositioning_steps": steps, **placement.to_json()}
         offsets = self._offsets_from_centres(prior, shape, centres)
         report["positioning_seconds"] = time.perf_counter() - started
         return offsets, report

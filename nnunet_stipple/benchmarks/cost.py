@@ -80,6 +80,7 @@ def measure_prediction(method: str, dataset: str, configuration: str, fold: int,
     from nnunet_stipple.inference.predictor import STIPPLEPredictor
     trainer = _trainer(method, dataset, configuration, fold, device, plans)
     trainer.initialize()
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the test-time mirroring axes
     trainer.set_deep_supervision_enabled(False)
     _, val = trainer.do_split()
     cls = STIPPLEPredictor if method == STIPPLE else nnUNetPredictor

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.commands import input_errors_exit
 
 PROG = "nnUNetv2_stipple_build_priors"
 
@@ -41,13 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from nnunet_stipple.priors.build import build_priors
-    try:
+    with input_errors_exit(PROG):
         build_priors(args.dataset, args.configuration, args.folds, num_bins=args.num_bins,
                      plans_identifier=args.plans, overwrite=args.overwrite, figures=not args.no_figures,
                      axial_axis=args.axial_axis)
-    except StippleInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     return 0
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.phantom.generator import PHANTOM_LABELS, make_phantom_dataset
 
 
@@ -44,14 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not raw:
         raise SystemExit("nnUNetv2_stipple_make_phantom: no nnU-Net raw folder given; set the nnUNet_raw "
                          "environment variable or pass --raw DIR.")
-    try:
+    with input_errors_exit("nnUNetv2_stipple_make_phantom"):
         folder = make_phantom_dataset(raw, dataset_id=args.dataset_id, name=args.name,
                                       num_labeled=args.num_labeled, num_unlabeled=args.num_unlabeled,
                                       shape=tuple(args.shape), spacing=tuple(args.spacing), seed=args.seed,
                                       overwrite=args.overwrite)
-    except StippleInputError as e:
-        print(f"nnUNetv2_stipple_make_phantom: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     print(folder)
     return 0
 

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
 
 PROG = "nnUNetv2_stipple_position"
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from nnunet_stipple.positioning.api import position_prior
     from nnunet_stipple.priors.spatial_prior import SpatialPrior
-    try:
+    with input_errors_exit(PROG):
         prior = SpatialPrior.load(args.prior)
         if args.label is not None:
             label, spacing = read_volume(args.label, "label")
@@ -101,9 +102,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm)
             result["input"] = str(args.probabilities)
         result["prior"] = str(args.prior)
-    except StippleInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     text = json.dumps(result, indent=2)
     if args.output:
         from nnunet_stipple.atomic import write_json_atomic

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.commands import input_errors_exit
 
 PROG = "nnUNetv2_stipple_predict"
 
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.m is None and (args.d is None or args.c is None):
         parser.error("give -d DATASET and -c CONFIGURATION (or -m MODEL_FOLDER)")
     from nnunet_stipple.inference.api import model_folder_of, predict_folder
-    try:
+    with input_errors_exit(PROG):
         model_folder = args.m if args.m is not None else model_folder_of(args.d, args.c, args.tr, args.p)
         predict_folder(args.i, args.o, model_folder, folds=args.f, step_size=args.step_size,
                        use_mirroring=not args.disable_tta, device=args.device,
@@ -90,9 +90,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        num_parts=args.num_parts, part_id=args.part_id,
                        positioning_report=not args.no_positioning_report,
                        prev_stage_predictions=args.prev_stage_predictions)
-    except StippleInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     return 0
 
 

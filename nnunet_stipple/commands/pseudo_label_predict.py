@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
 
 
@@ -51,11 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="device (default cuda)")
     a = p.parse_args(argv)
     fold = a.f if a.f == "all" else int(a.f)
-    try:
+    with input_errors_exit("nnUNetv2_stipple_pseudo_label_predict"):
         cases = predict_pseudo_label_shard(a.d, a.c, fold, a.tr, a.round, a.num_parts, a.part_id, a.p, a.device)
-    except StippleInputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
     print(f"round {a.round}, shard {a.part_id + 1}/{a.num_parts}: {len(cases)} cases have pseudo-labels")
     return 0
 

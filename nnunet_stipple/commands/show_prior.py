@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
 
 PROG = "nnUNetv2_stipple_show_prior"
@@ -56,15 +57,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("give the prior file PATH, or all of -d DATASET -c CONFIGURATION -f FOLD")
     from nnunet_stipple.priors.spatial_prior import SpatialPrior
     from nnunet_stipple.priors.summary import summarize_prior
-    try:
+    with input_errors_exit(PROG):
         path = Path(args.path) if args.path is not None else locate_prior(
             args.dataset, args.configuration, args.fold, args.num_bins, args.plans)
         if path.suffix == ".json":
             path = path.with_suffix(".npz")
         print(summarize_prior(SpatialPrior.load(path), npz_path=path))
-    except StippleInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     return 0
 
 

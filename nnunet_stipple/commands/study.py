@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.commands import input_errors_exit
 
 PROG = "nnUNetv2_stipple_study"
 
@@ -83,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    try:
+    with input_errors_exit(PROG):
         if args.command == "run":
             res = st.run_study(args.dataset, args.configuration, args.study_dir, profile=args.profile,
                                folds=args.folds, alphas=args.alphas, methods=args.methods, bins=args.bins,
@@ -101,9 +101,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         device=args.device, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
                         num_cases=args.cases, mirroring=not args.disable_tta, num_bins=args.num_bins,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
-    except StippleInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
     return 0
 
 

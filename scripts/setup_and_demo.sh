@@ -2,7 +2,7 @@
 # The setup command of README.md: install into .venv, then run STIPPLE end to end on the synthetic
 # abdomen phantom: make the dataset, plan and preprocess it, build the fold-0 prior, train a few
 # iterations of STIPPLETrainer_CPUDemo with nnUNetv2_train, and predict its unlabeled images with
-# nnUNetv2_stipple_predict. About 4 minutes on a 2-core CPU. Everything goes to ./demo_workdir.
+# nnUNetv2_stipple_predict. About 3 minutes on a 2-core CPU. Everything goes to ./demo_workdir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_stipple.priors.spatial_prior import SpatialPrior, combine_class_probabilities  # noqa: F401
+from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 PRIOR_ATTRIBUTE = "stipple_prior"
 _REFUSAL_HANDLE = "_stipple_refusal_hook"
@@ -33,7 +33,7 @@ class PriorModule(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._keys = []
+        self._cache = None
 
     # ---- content ----------------------------------------------------------------------------------------
     @property

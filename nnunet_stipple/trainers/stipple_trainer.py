@@ -110,7 +110,7 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
                                self.plans_manager.plans_name)
         training_cases = self.prior_training_cases(tr_keys)
         centre_cases = sorted(set(tr_keys) | set(val_keys))
-        path = self.prior_file(ds)
+        path = self._prior_path = self.prior_file(ds)
         if self.local_rank == 0:
             prior, _ = load_or_build(ds, self.fold, self.stipple_num_bins, training_cases=training_cases,
                                      centre_cases=centre_cases, path=path, log=self.print_to_log_file)
@@ -241,9 +241,7 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
         super().on_train_start()
         if self.local_rank == 0:
             write_json_atomic(Path(self.output_folder) / "stipple.json",
-                              {**self.stipple_settings(), "prior_file": str(self.prior_file(
-                                  open_preprocessed(self.plans_manager.dataset_name, self.configuration_name,
-                                                    self.plans_manager.plans_name)))})
+                              {**self.stipple_settings(), "prior_file": str(self._prior_path)})
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

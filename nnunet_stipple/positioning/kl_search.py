@@ -129,15 +129,20 @@ def _check_eps(eps) -> float:
     return e
 
 
+def _check_volume(name: str, array) -> np.ndarray:
+    """A non-empty, real-valued 3D array (shared shape/dtype checks of target and reference)."""
+    a = np.asarray(array)
+    if a.ndim != 3:
+        raise ValueError(f"{name} must be a 3D array, got shape {a.shape}")
+    if min(a.shape) < 1:
+        raise ValueError(f"{name} must have all dimensions >= 1, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        raise ValueError(f"{name} must be a real-valued array, got dtype {a.dtype}")
+    return a
+
+
 def _check_target(target_prob) -> np.ndarray:
-    q = np.asarray(target_prob)
-    if q.ndim != 3:
-        raise ValueError(f"target_prob must be a 3D array, got shape {q.shape}")
-    if min(q.shape) < 1:
-        raise ValueError(f"target_prob must have all dimensions >= 1, got shape {q.shape}")
-    if not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer) or q.dtype == bool):
-        raise ValueError(f"target_prob must be a real-valued array, got dtype {q.dtype}")
-    return q
+    return _check_volume("target_prob", target_prob)
 
 
 def _check_target_values(q: np.ndarray) -> None:
@@ -149,14 +154,7 @@ def _check_target_values(q: np.ndarray) -> None:
 
 
 def _check_reference(reference) -> np.ndarray:
-    r = np.asarray(reference)
-    if r.ndim != 3:
-        raise ValueError(f"reference must be a 3D array, got shape {r.shape}")
-    if min(r.shape) < 1:
-        raise ValueError(f"reference must have all dimensions >= 1, got shape {r.shape}")
-    if not (np.issubdtype(r.dtype, np.floating) or np.issubdtype(r.dtype, np.integer) or r.dtype == bool):
-        raise ValueError(f"reference must be a real-valued array, got dtype {r.dtype}")
-    r = r.astype(np.float64, copy=False)
+    r = _check_volume("reference", reference).astype(np.float64, copy=False)
     if not np.isfinite(r).all():
         raise ValueError("reference contains non-finite values (nan or inf)")
     if float(r.min()) < 0.0 or float(r.max()) > 1.0:

@@ -244,13 +244,13 @@ class PseudoLabelLoopMixin:
 
     def _pseudo_label_case(self, t: int, u: UnlabeledCase, predictor, strategy, gamma: float) -> None:
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-        data = infer_dataset_class(str(u.data_folder))(str(u.data_folder), [u.case]).load_case(u.case)[0]
+        data, seg, _, _ = infer_dataset_class(str(u.data_folder))(str(u.data_folder), [u.case]).load_case(u.case)
         visual, driven, info = self.predict_for_pseudo_label(predictor, torch.from_numpy(np.asarray(data)), u.case)
         result = strategy.select(visual, driven, gamma, self.ignore_label_value)
         record = {"case": u.case, "hidden": u.hidden, "gamma": gamma,
                   "stats": {str(k): v for k, v in result.stats.items()}, **info}
         if u.hidden:
-            gt = np.asarray(infer_dataset_class(str(u.data_folder))(str(u.data_folder), [u.case]).load_case(u.case)[1][0])
+            gt = np.asarray(seg[0])  # hidden cases keep their preprocessed label: the ground truth
             classes = [int(c) for c in self.label_manager.foreground_labels]
             record["quality"] = {str(k): v for k, v in added_label_quality(
                 result.label, np.where(gt < 0, 0, gt), self.ignore_label_value, classes).items()}

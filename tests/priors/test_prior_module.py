@@ -227,3 +227,58 @@ def test_organ_probabilities_at_full_case_grid_and_class_without_starts():
     q = mod.organ_probabilities_at(coords, starts, present)[0].numpy()
     np.testing.assert_allclose(q, prior.foreground_on_grid(SHAPE, {1: centres[1], 3: centres[3]}), atol=0)
     assert np.all(q[2] == 0)
+
+
+def lookup_one_voxel_at_a_time(prior, coords, starts, present):
+    """Brute force: q_k at every coordinate, one voxel and one class at a time, straight from Algorithm 1's
+    histogram layout (nearest voxel; box start; z squeezed into B bins)."""
+    n, spatial = coords.shape[0], tuple(coords.shape[2:])
+    out = np.zeros((n, prior.num_outputs, *spatial))
+    idx = np.floor(coords.numpy().astype(np.float64) + 0.5).astype(np.int64)
+    a, nb = prior.axial_axis, prior.num_bins
+    for i in range(n):
+        for c in prior.built_classes:
+            if c not in starts or not bool(present[c][i]):
+                continue
+            box, hist = prior.box_size(c), prior.histograms[c]
+            for pos in np.ndindex(*spatial):
+                rel = [int(idx[(i, d) + pos]) - int(starts[c][i, d]) for d in range(3)]
+                if all(0 <= r < b for r, b in zip(rel, box)):
+                    rel[a] = rel[a] * nb // box[a]
+                    out[(i, c) + pos] = hist[tuple(rel)]
+    return out
+
+
+@pytest.mark.parametrize("num_bins, axial_axis, angle, scale, shift", [
+    (1, 0, 0.0, 1.0, (0, 0, 0)),
+    (2, 0, 0.5, 1.3, (-3, 2, 1)),      # rotated, zoomed, partly outside every box and the case
+    (3, 1, -0.8, 0.8, (1, -1, 1)),
+    (2, 2, 0.3, 1.0, (-12, -12, -12)),  # far outside: all zero
+])
+def test_organ_probabilities_at_equal_brute_force_under_rotation(num_bins, axial_axis, angle, scale, shift):
+    """The separable lookup equals a voxel-by-voxel lookup at rotated and scaled coordinates (what nnU-Net's
+    spatial transform makes of them), with absent classes and samples."""
+    prior = make_prior(seed=13, num_bins=num_bins, axial_axis=axial_axis)
+    mod = PriorModule()
+    mod.set_prior(prior)
+    patch = (6, 7, 5)
+    grid = grid_coords(patch, (0, 0, 0)).reshape(3, -1) - torch.tensor([[2.5], [3.0], [2.0]])
+    c, s = np.cos(angle), np.sin(angle)
+    rot = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float32) @ \
+        torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=torch.float32)
+    coords = []
+    for i, centre in enumerate(([5.0, 4.0, 4.0], [3.0, 6.0, 2.0])):
+        xyz = (rot @ grid) * scale + torch.tensor(centre).view(3, 1) + torch.tensor(shift).view(3, 1) * (i + 1)
+        coords.append(xyz.reshape(3, *patch))
+    coords = torch.stack(coords)
+    rng = np.random.default_rng(1)
+    starts = {k: torch.from_numpy(rng.integers(-2, 6, size=(2, 3))) for k in prior.built_classes}
+    present = {k: torch.tensor([True, k != 2]) for k in prior.built_classes}
+    del starts[3]  # a class without placement stays zero
+    got = mod.organ_probabilities_at(coords, starts, present).numpy()
+    expected = lookup_one_voxel_at_a_time(prior, coords, starts, present)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    if shift == (-12, -12, -12):
+        assert not got.any()
+    else:
+        assert got.any()

@@ -96,10 +96,11 @@ PROFILES: Dict[str, Profile] = {
                      description="nnU-Net's full schedule (1000 epochs x 250 iterations), 5 folds, "
                                  "alpha = 100/70/50/30/10 %, the dataset's own plans",
                      **NNUNET_SCHEDULE),
-    "cpu-small": Profile("cpu-small", num_epochs=6, num_iterations_per_epoch=40, num_val_iterations_per_epoch=5,
+    "cpu-small": Profile("cpu-small", num_epochs=5, num_iterations_per_epoch=25, num_val_iterations_per_epoch=5,
                          folds=(0,), alphas=(100.0, 10.0), plans=CPU_SMALL_PLANS, coarse_spacing=True,
-                         description="a few hours on a 2-core CPU: coarse target spacing (own plans), "
-                                     "6 epochs x 40 iterations, fold 0, alpha = 100/10 %"),
+                         description="about 1.5 h on a 2-core CPU: coarse target spacing (own plans, at "
+                                     "least 8 mm in-plane and 6 mm between slices), 5 epochs x 25 iterations, "
+                                     "fold 0, alpha = 100/10 %"),
 }
 # What the 'paper' profile itself changes compared with the paper (it is the paper's protocol on nnU-Net).
 PAPER_PROFILE_NOTE = ("The paper trains a 2D U-Net (Adam) on TCIA pancreas; here every method uses nnU-Net "
@@ -386,14 +387,21 @@ def train_env(run_root: Path, base: Optional[dict] = None) -> dict:
 # cpu-small: own coarse plans
 # ---------------------------------------------------------------------------------------------------------------
 def coarse_target_spacing(fullres_spacing: Sequence[float], inplane_factor: float = 2.0,
-                          min_axial_mm: float = 4.0) -> List[float]:
+                          min_inplane_mm: float = 8.0, min_axial_mm: float = 6.0) -> List[float]:
     """Coarse target spacing (array axis order, as ``-overwrite_target_spacing``): ``inplane_factor`` x the
-    in-plane spacing, and the dataset's spacing but at least ``min_axial_mm`` along the out-of-plane axis (the
-    axis of the largest spacing; the first on ties, z for nnU-Net's SimpleITK reader). z is not coarsened
-    further: the prior needs B = 5 (up to 10 in the bins study) slices of the smallest organ."""
+    in-plane spacing but at least ``min_inplane_mm``, and the dataset's spacing but at least ``min_axial_mm``
+    along the out-of-plane axis (the axis of the largest spacing; the first on ties, z for nnU-Net's
+    SimpleITK reader).
+
+    Why these floors: on a 2-core CPU a training iteration costs about 1 s per 2e4 voxels of a batch-2
+    patch (BTCV: 80x160x128 at full resolution, 54 s; 64x112x64 at 5.4 x 4 mm, 10 s; 48x80x48 at 8.1 x 6 mm,
+    4 s). The floors make a whole abdomen fit one small patch, whatever the dataset's own resolution.
+    z is not coarsened beyond 6 mm: the prior needs B = 5 slices of the smallest organ's box (adrenal
+    glands are about 40 mm long)."""
     s = [float(v) for v in fullres_spacing]
     z = int(np.argmax(s))
-    return [round(max(min_axial_mm, v) if i == z else inplane_factor * v, 4) for i, v in enumerate(s)]
+    return [round(max(min_axial_mm, v) if i == z else max(min_inplane_mm, inplane_factor * v), 4)
+            for i, v in enumerate(s)]
 
 
 def dataset_fullres_spacing(dataset_name: str) -> List[float]:
@@ -578,7 +586,9 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
         source = "measured (cost.json)"
     else:
         ncpu = os.cpu_count() or 2
-        throughput = 2e7 if device == "cuda" else 1.5e5 * ncpu       # voxel-samples / s, forward + backward
+        # voxel-samples / s, forward + backward + augmentation; CPU: measured with nnU-Net's 3D U-Nets on
+        # 2 cores (BTCV patches, see coarse_target_spacing), about 4e4 per core
+        throughput = 2e7 if device == "cuda" else 4e4 * ncpu
         s_plain = batch * float(np.prod(patch)) / throughput
         s_stipple = 1.1 * s_plain
         source = f"rough guess ({'GPU' if device == 'cuda' else f'{os.cpu_count()} CPU cores'})"

@@ -165,11 +165,6 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
         predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name=checkpoint_name)
     if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
         print("Running in non-multiprocessing mode")
-        if report_folder is not None:
-            # STIPPLEPredictor learns the case id from predict_from_data_iterator, which nnU-Net's sequential
-            # path does not use: the prior is still positioned and applied, only the per-case JSONs are missing.
-            print(f"Note: per-case positioning reports are not written in non-multiprocessing mode "
-                  f"(-npp 0 -nps 0); {report_folder} stays empty.")
         predictor.predict_from_files_sequential(str(input_folder), str(output_folder),
                                                 save_probabilities=save_probabilities, overwrite=overwrite,
                                                 folder_with_segs_from_prev_stage=None)

@@ -47,6 +47,8 @@ class STIPPLEPredictor(nnUNetPredictor):
         self.report_folder = report_folder
         self.last_report: Optional[dict] = None
         self._current_case: Optional[str] = None
+        self._sequential_cases: Optional[List[Optional[str]]] = None
+        self._in_sequential = False
         self._prior_cache: Dict[int, SpatialPrior] = {}
 
     # ---- initialisation -----------------------------------------------------------------------------------
@@ -111,8 +113,35 @@ class STIPPLEPredictor(nnUNetPredictor):
         return super().predict_from_data_iterator(remember_case(data_iterator), save_probabilities,
                                                   num_processes_segmentation_export)
 
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                       *args, **kwargs):
+        lists, outputs, prev = super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, *args, **kwargs)
+        # nnU-Net's sequential path predicts the cases in this order without handing their names on; remember
+        # them so that each case still gets its positioning report
+        ending = len("_0000" + self.dataset_json["file_ending"])
+        self._sequential_cases = [os.path.basename(o) if o is not None else os.path.basename(li[0])[:-ending]
+                                  for li, o in zip(lists, outputs or [None] * len(lists))]
+        return lists, outputs, prev
+
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder,
+                                      output_folder_or_list_of_truncated_output_files, save_probabilities=False,
+                                      overwrite=True, folder_with_segs_from_prev_stage=None):
+        # same signature as nnU-Net's: it records its arguments by inspecting the (overridden) signature
+        self._in_sequential = True
+        try:
+            return super().predict_from_files_sequential(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, folder_with_segs_from_prev_stage)
+        finally:
+            self._in_sequential = False
+            self._sequential_cases = None
+
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
-        return self.predict_with_prior(data, self._current_case)
+        case = self._current_case
+        if self._in_sequential and self._sequential_cases:
+            case = self._sequential_cases.pop(0)
+        return self.predict_with_prior(data, case)
 
     def predict_with_prior(self, data: torch.Tensor, case: Optional[str] = None) -> torch.Tensor:
         """Prior-driven logits (num_outputs, *S) in float32 on the CPU, averaged over the folds."""

@@ -161,3 +161,39 @@ def test_resenc_plans_train(phantom_preprocessed):
     assert (fold / "checkpoint_final.pth").is_file()
     assert (phantom_preprocessed["preprocessed_dataset"] / "stipple_priors" / "nnUNetResEncUNetMPlans__3d_fullres"
             / "B5" / "fold_0.npz").is_file()
+
+
+def test_two_folds_each_with_its_own_prior_in_sequential_mode(trained, tmp_path):
+    """-f 0 1: every fold's logits get that fold's own prior (built from its own training cases and carried
+    by its own checkpoint); nnU-Net's sequential path (-npp 0 -nps 0) still writes a report per case."""
+    import torch
+    # a copy of the model in its own nnUNet_results; fold 1 with B = 4 (the tiny phantom's fold 1 has a
+    # pancreas only 4 slices deep), so the two folds' priors differ even in shape
+    results = tmp_path / "results"
+    model = results / trained["dataset_name"] / trained["model"].name
+    shutil.copytree(trained["model"], model)
+    (model / "stipple_run.json").write_text(json.dumps({"num_bins": 4}))
+    env = dict(trained["env"], nnUNet_results=str(results))
+    _run(["nnUNetv2_train", trained["dataset_id"], "3d_fullres", 1, "-tr", TRAINER, "-device", "cpu"], env)
+    priors = {}
+    for fold in (0, 1):
+        weights = torch.load(model / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu",
+                             weights_only=False)["network_weights"]
+        meta = json.loads(bytes(weights["stipple_prior.meta_json"].numpy().tobytes()).decode())
+        priors[fold] = (meta, {k: v for k, v in weights.items() if k.startswith("stipple_prior.hist_")})
+    assert priors[0][0]["fold"] == "0" and priors[1][0]["fold"] == "1"
+    assert (priors[0][0]["num_bins"], priors[1][0]["num_bins"]) == (5, 4)
+    assert priors[0][0]["training_cases"] != priors[1][0]["training_cases"]
+    out = tmp_path / "pred"
+    _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
+          "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, 1, "-tr", TRAINER, "-device", "cpu",
+          "--disable_tta", "-npp", 0, "-nps", 0], env)
+    segs = sorted(out.glob("*.nii.gz"))
+    reports = sorted((out / "stipple_positioning").glob("*.json"))
+    assert len(segs) == 2
+    assert [r.name.replace(".json", "") for r in reports] == [s.name.replace(".nii.gz", "") for s in segs]
+    for r in reports:
+        rep = json.loads(r.read_text())
+        assert rep["case"] == r.name.replace(".json", "")
+        assert [f["fold"] for f in rep["folds"]] == ["0", "1"]
+        assert all(f["method"] in ("kl_search", "uniform_fallback") for f in rep["folds"])

@@ -96,10 +96,10 @@ PROFILES: Dict[str, Profile] = {
                      description="nnU-Net's full schedule (1000 epochs x 250 iterations), 5 folds, "
                                  "alpha = 100/70/50/30/10 %, the dataset's own plans",
                      **NNUNET_SCHEDULE),
-    "cpu-small": Profile("cpu-small", num_epochs=5, num_iterations_per_epoch=25, num_val_iterations_per_epoch=5,
+    "cpu-small": Profile("cpu-small", num_epochs=3, num_iterations_per_epoch=25, num_val_iterations_per_epoch=5,
                          folds=(0,), alphas=(100.0, 10.0), plans=CPU_SMALL_PLANS, coarse_spacing=True,
                          description="about 1.5 h on a 2-core CPU: coarse target spacing (own plans, at "
-                                     "least 8 mm in-plane and 6 mm between slices), 5 epochs x 25 iterations, "
+                                     "least 8 mm in-plane and 6 mm between slices), 3 epochs x 25 iterations, "
                                      "fold 0, alpha = 100/10 %"),
 }
 # What the 'paper' profile itself changes compared with the paper (it is the paper's protocol on nnU-Net).

@@ -167,7 +167,7 @@ def test_plan_runs_bins_study():
 def test_run_config_contents():
     prof = st.PROFILES["cpu-small"]
     spec = st.RunSpec(10.0, "stipple_norelab", 7, "STIPPLETrainer")
-    assert st.run_config_for(spec, prof) == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 5,
+    assert st.run_config_for(spec, prof) == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 3,
                                              "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5,
                                              "num_bins": 7}
     plain = st.run_config_for(st.RunSpec(70.0, "plain", None, "nnUNetTrainer_LabelProportion"), st.PROFILES["paper"])

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=5, help="timed training iterations per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed training iterations per run")
     p.add_argument("--repeats", type=int, default=2, help="alternating plain/STIPPLE runs of each measurement")
-    p.add_argument("--cases", type=int, default=2, help="validation cases predicted per run")
+    p.add_argument("--cases", type=int, default=2, help="validation cases predicted per run (0: measure training and prior building only)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring in prediction")
     p.add_argument("-B", type=int, default=5, help="bins of the prior")
     p.add_argument("-o", type=Path, help="write the full results as JSON here")

@@ -145,7 +145,7 @@ def run_cost_benchmark(dataset: str, configuration: str, fold: int = 0, device: 
             log(f"[repeat {r + 1}/{repeats}] training, {method} ...")
             results["training"][method].append(_run_worker("training", method, {**base, "iterations": iterations,
                                                                                   "warmup": warmup}))
-        for method in (PLAIN, STIPPLE):
+        for method in ((PLAIN, STIPPLE) if num_cases > 0 else ()):   # num_cases 0: training and prior only
             log(f"[repeat {r + 1}/{repeats}] prediction, {method} ...")
             results["prediction"][method].append(_run_worker("prediction", method, {**base, "num_cases": num_cases,
                                                                                       "mirroring": mirroring}))
@@ -157,14 +157,18 @@ def run_cost_benchmark(dataset: str, configuration: str, fold: int = 0, device: 
     summary = {
         "train_seconds_per_iteration": {m: med("training", m, "seconds_per_iteration") for m in (PLAIN, STIPPLE)},
         "train_peak_memory_mb": {m: max(x["peak_memory_mb"] for x in results["training"][m]) for m in (PLAIN, STIPPLE)},
-        "predict_seconds_per_case": {m: med("prediction", m, "seconds_per_case") for m in (PLAIN, STIPPLE)},
-        "predict_peak_memory_mb": {m: max(x["peak_memory_mb"] for x in results["prediction"][m]) for m in (PLAIN, STIPPLE)},
-        "positioning_seconds_per_case": statistics.median(
-            s for x in results["prediction"][STIPPLE] for s in x["positioning_seconds"] if s is not None),
         "prior": prior,
     }
     summary["train_ratio"] = summary["train_seconds_per_iteration"][STIPPLE] / summary["train_seconds_per_iteration"][PLAIN]
-    summary["predict_ratio"] = summary["predict_seconds_per_case"][STIPPLE] / summary["predict_seconds_per_case"][PLAIN]
+    if num_cases > 0:
+        summary.update({
+            "predict_seconds_per_case": {m: med("prediction", m, "seconds_per_case") for m in (PLAIN, STIPPLE)},
+            "predict_peak_memory_mb": {m: max(x["peak_memory_mb"] for x in results["prediction"][m])
+                                       for m in (PLAIN, STIPPLE)},
+            "positioning_seconds_per_case": statistics.median(
+                s for x in results["prediction"][STIPPLE] for s in x["positioning_seconds"] if s is not None),
+        })
+        summary["predict_ratio"] = summary["predict_seconds_per_case"][STIPPLE] / summary["predict_seconds_per_case"][PLAIN]
     return {"settings": {**base, "iterations": iterations, "warmup": warmup, "repeats": repeats,
                          "num_cases": num_cases, "mirroring": mirroring, "num_bins": num_bins},
             "machine": machine_description(device), "summary": summary, "raw": results}
@@ -194,11 +198,19 @@ def format_summary(result: dict) -> str:
         f"{s['train_seconds_per_iteration'][STIPPLE]:12.3f}{s['train_ratio']:9.3f}",
         f"{'training peak memory (MB)':34s}{s['train_peak_memory_mb'][PLAIN]:16.0f}{s['train_peak_memory_mb'][STIPPLE]:12.0f}"
         f"{s['train_peak_memory_mb'][STIPPLE] / s['train_peak_memory_mb'][PLAIN]:9.3f}",
-        f"{'prediction s / case':34s}{s['predict_seconds_per_case'][PLAIN]:16.3f}"
-        f"{s['predict_seconds_per_case'][STIPPLE]:12.3f}{s['predict_ratio']:9.3f}",
-        f"{'prediction peak memory (MB)':34s}{s['predict_peak_memory_mb'][PLAIN]:16.0f}{s['predict_peak_memory_mb'][STIPPLE]:12.0f}"
-        f"{s['predict_peak_memory_mb'][STIPPLE] / s['predict_peak_memory_mb'][PLAIN]:9.3f}",
-        f"positioning s / case (in STIPPLE prediction): {s['positioning_seconds_per_case']:.3f}",
+    ]
+    if "predict_ratio" in s:
+        lines += [
+            f"{'prediction s / case':34s}{s['predict_seconds_per_case'][PLAIN]:16.3f}"
+            f"{s['predict_seconds_per_case'][STIPPLE]:12.3f}{s['predict_ratio']:9.3f}",
+            f"{'prediction peak memory (MB)':34s}{s['predict_peak_memory_mb'][PLAIN]:16.0f}"
+            f"{s['predict_peak_memory_mb'][STIPPLE]:12.0f}"
+            f"{s['predict_peak_memory_mb'][STIPPLE] / s['predict_peak_memory_mb'][PLAIN]:9.3f}",
+            f"positioning s / case (in STIPPLE prediction): {s['positioning_seconds_per_case']:.3f}",
+        ]
+    else:
+        lines.append("prediction: not measured (--cases 0)")
+    lines += [
         f"prior build: {s['prior']['build_seconds']:.2f} s for {s['prior']['training_cases']} cases "
         f"(just reading the labels: {s['prior']['read_labels_seconds']:.2f} s)",
     ]

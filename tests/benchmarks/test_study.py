@@ -167,8 +167,8 @@ def test_plan_runs_bins_study():
 def test_run_config_contents():
     prof = st.PROFILES["cpu-small"]
     spec = st.RunSpec(10.0, "stipple_norelab", 7, "STIPPLETrainer")
-    assert st.run_config_for(spec, prof) == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 3,
-                                             "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5,
+    assert st.run_config_for(spec, prof) == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 5,
+                                             "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5,
                                              "num_bins": 7}
     plain = st.run_config_for(st.RunSpec(70.0, "plain", None, "nnUNetTrainer_LabelProportion"), st.PROFILES["paper"])
     assert plain == {"label_proportion": 0.7, "label_seed": 0, "num_epochs": 1000, "num_iterations_per_epoch": 250,
@@ -185,10 +185,10 @@ def test_trainings_count():
 
 
 def test_coarse_target_spacing():
-    assert st.coarse_target_spacing([3.0, 2.7, 2.7]) == [6.0, 8.0, 8.0]       # floors
-    assert st.coarse_target_spacing([7.0, 4.5, 4.5]) == [7.0, 9.0, 9.0]       # x2 in-plane, z kept
-    assert st.coarse_target_spacing([1.0, 1.0, 1.0]) == [6.0, 8.0, 8.0]       # ties: the first axis is z
-    assert st.coarse_target_spacing([0.7, 0.7, 2.5]) == [8.0, 8.0, 6.0]
+    assert st.coarse_target_spacing([3.0, 2.7, 2.7]) == [8.0, 12.0, 12.0]     # floors
+    assert st.coarse_target_spacing([9.0, 6.5, 6.5]) == [9.0, 13.0, 13.0]     # x2 in-plane, z kept
+    assert st.coarse_target_spacing([1.0, 1.0, 1.0]) == [8.0, 12.0, 12.0]     # ties: the first axis is z
+    assert st.coarse_target_spacing([0.7, 0.7, 2.5]) == [12.0, 12.0, 8.0]
     assert st.coarse_target_spacing([3.0, 0.8, 0.8], inplane_factor=3, min_inplane_mm=0, min_axial_mm=4) == \
         [4.0, 2.4, 2.4]
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                      help=f"methods among {', '.join(METHODS)} (default: all)")
     run.add_argument("--bins", nargs="+", type=int, default=None,
-                     help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: 5)")
+                     help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: the profile's: 5 for paper, 3 for cpu-small)")
     run.add_argument("--bins-methods", nargs="+", default=["stipple_norelab"], metavar="METHOD",
                      help="prior methods that get one run per B (default stipple_norelab); other prior methods use "
                           "B = 5 (or the first B)")

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""STIPPLE's cost inside one training process: train steps with and without the prior, interleaved.
+
+``scripts/bench_cost.py`` compares two processes (plain nnU-Net, STIPPLE); on a 2-core CPU two processes
+of the same work differ by up to +-10-15 % for reasons that have nothing to do with the code. Here one
+``STIPPLETrainer`` runs the same prefetched batches alternately with its prior (normal training) and with
+the prior switched off (``ln p`` not added: the plain nnU-Net computation on the same network and data),
+so process-level noise hits both alike. Data augmentation is prefetched and not timed; its extra work
+(4 coordinate channels through nnU-Net's transforms) runs in nnU-Net's background workers.
+
+Example (phantom):  python scripts/bench_step_interleaved.py -d 990 -c 3d_fullres --steps 12
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnunet_stipple.benchmarks.cost import STIPPLE, _trainer  # noqa: E402
+from nnunet_stipple.trainers.data_loader import BATCH_KEY  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("-d", required=True, help="dataset id or name (planned and preprocessed)")
+    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("-f", type=int, default=0, help="fold (default 0)")
+    p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--steps", type=int, default=12, help="timed steps in all (half with the prior)")
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args(argv)
+    import torch
+    trainer = _trainer(STIPPLE, a.d, a.c, a.f, a.device, a.p)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    for _ in range(a.warmup):
+        trainer.train_step(next(trainer.dataloader_train))
+    batches = [next(trainer.dataloader_train) for _ in range(a.steps)]
+    with_prior = trainer.prior_offsets_for_batch
+
+    def prior_off(batch, training):
+        batch.pop(BATCH_KEY)
+        return None        # the forward hook then leaves nnU-Net's outputs as they are
+
+    times = {"with prior": [], "prior off": []}
+    for i, batch in enumerate(batches):
+        key = "with prior" if i % 2 == 0 else "prior off"
+        trainer.prior_offsets_for_batch = with_prior if key == "with prior" else prior_off
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+        times[key].append(time.perf_counter() - t0)
+    trainer.prior_offsets_for_batch = with_prior
+    trainer.on_train_end()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{trainer.plans_manager.dataset_name} {a.c}, batch {trainer.batch_size} x patch "
+          f"{'x'.join(map(str, trainer.configuration_manager.patch_size))}, {a.device}, {a.steps} steps interleaved")
+    for k, v in times.items():
+        print(f"  {k:11s} median {med[k]:8.3f} s   ({', '.join(f'{x:.2f}' for x in v)})")
+    print(f"  ratio with / off: {med['with prior'] / med['prior off']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

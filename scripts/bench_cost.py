@@ -3,20 +3,15 @@
 Example (phantom, CPU):  python scripts/bench_cost.py -d 990 -c 3d_fullres --iterations 5 --repeats 2
 Prints the table of ratios and writes the full JSON (timings, machine, git commit) with -o.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from nnunet_stipple.benchmarks.cost import format_summary, run_cost_benchmark
+from nnunet_stipple.benchmarks.cost import dataset_argument_parser, format_summary, run_cost_benchmark
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True, help="dataset id or name (must be planned and preprocessed)")
-    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
-    p.add_argument("-f", type=int, default=0, help="fold whose split/prior is used (default 0)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    p = dataset_argument_parser(__doc__, "fold whose split/prior is used (default 0)")
     p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--iterations", type=int, default=5, help="timed training iterations per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed training iterations per run")

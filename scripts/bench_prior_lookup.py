@@ -15,7 +15,6 @@ Example (BTCV 3d_fullres, fold 0):  python scripts/bench_prior_lookup.py -d 101 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnunet_stipple.activation.prior_driven import softmax_offset  # noqa: E402
+from nnunet_stipple.benchmarks.cost import dataset_argument_parser  # noqa: E402
 from nnunet_stipple.priors.algorithm import box_start  # noqa: E402
 from nnunet_stipple.priors.build import load_or_build, open_preprocessed  # noqa: E402
 from nnunet_stipple.priors.prior_module import PriorModule  # noqa: E402
@@ -45,13 +45,7 @@ def augmented_coordinates(patch, batch, centre, angle=0.3, zoom=1.2) -> torch.Te
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("-d", required=True, help="dataset id or name (planned and preprocessed)")
-    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("-f", type=int, default=0, help="fold whose prior is used (default 0)")
+    p = dataset_argument_parser(__doc__, "fold whose prior is used (default 0)")
     p.add_argument("-B", type=int, default=5, help="bins of the prior (default 5)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -59,11 +53,11 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     ds = open_preprocessed(a.d, a.c, a.p)
-    prior, _ = load_or_build(ds, a.f, a.B)
     patch = [int(v) for v in ds.configuration_manager.patch_size]
     batch = int(ds.configuration_manager.batch_size)
     if len(patch) != 3:
         raise SystemExit("3D configurations only")
+    prior, _ = load_or_build(ds, a.f, a.B)
     module = PriorModule()
     module.set_prior(prior)
     case = sorted(prior.case_centres)[0]

@@ -12,31 +12,25 @@ Example (phantom):  python scripts/bench_step_interleaved.py -d 990 -c 3d_fullre
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnunet_stipple.benchmarks.cost import STIPPLE, _trainer  # noqa: E402
+from nnunet_stipple.benchmarks.cost import STIPPLE, _trainer, dataset_argument_parser  # noqa: E402
 from nnunet_stipple.trainers.data_loader import BATCH_KEY  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("-d", required=True, help="dataset id or name (planned and preprocessed)")
-    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("-f", type=int, default=0, help="fold (default 0)")
+    p = dataset_argument_parser(__doc__)
     p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--steps", type=int, default=12, help="timed steps in all (half with the prior)")
     p.add_argument("--warmup", type=int, default=2)
     a = p.parse_args(argv)
-    import torch
     trainer = _trainer(STIPPLE, a.d, a.c, a.f, a.device, a.p)
     trainer.on_train_start()
     trainer.on_train_epoch_start()

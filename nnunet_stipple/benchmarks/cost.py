@@ -15,6 +15,7 @@ the ratio of medians.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -172,6 +173,16 @@ def run_cost_benchmark(dataset: str, configuration: str, fold: int = 0, device: 
     return {"settings": {**base, "iterations": iterations, "warmup": warmup, "repeats": repeats,
                          "num_cases": num_cases, "mirroring": mirroring, "num_bins": num_bins},
             "machine": machine_description(device), "summary": summary, "raw": results}
+
+
+def dataset_argument_parser(doc: str, fold_help: str = "fold (default 0)") -> argparse.ArgumentParser:
+    """The arguments every benchmark script takes (-d -c -p -f), with the script's docstring as its help."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", required=True, help="dataset id or name (must be planned and preprocessed)")
+    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("-f", type=int, default=0, help=fold_help)
+    return p
 
 
 def machine_description(device: str = "cpu") -> dict:

@@ -2,7 +2,9 @@
 
 * ``visual``: no prior (the network's prior-free logits alone),
 * ``naive``: the centre of the first prediction's organ, no KL search (radius 0, no re-positioning),
-* ``auto``: STIPPLE's positioning (coarse centre + exhaustive KL search + re-positioning),
+* ``auto_unchecked``: STIPPLE's positioning without the anatomical consistency check,
+* ``auto``: STIPPLE's positioning (coarse centre + exhaustive KL search + anatomical consistency check +
+  re-positioning),
 * ``ground_truth``: the organ centres of the validation label.
 
 One network pass per case; the four variants share its logits. Dice in the network's voxel space with
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-MODES = ("visual", "naive", "auto", "ground_truth")
+MODES = ("visual", "naive", "auto_unchecked", "auto", "ground_truth")
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
@@ -48,6 +50,8 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     classes = prior.classes
     naive = copy.copy(prior)
     naive.settings = {**prior.settings, "search_radius_mm": 0.0, "repositioning_steps": 0}
+    unchecked = copy.copy(prior)
+    unchecked.settings = {**prior.settings, "anatomy_tolerance_mm": 0.0}
     per_case: Dict[str, Dict[str, Dict[int, float]]] = {}
     for case in tqdm(val, desc="positioning study", unit="case"):
         data, seg, _, _ = loader.load_case(case)
@@ -55,6 +59,7 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
         visual, _, _ = predictor.predict_fold(torch.from_numpy(np.asarray(data)), params, case)
         outs = {"visual": visual}
         outs["naive"] = visual + predictor.prior_offsets(naive, visual, case)[0]
+        outs["auto_unchecked"] = visual + predictor.prior_offsets(unchecked, visual, case)[0]
         outs["auto"] = visual + predictor.prior_offsets(prior, visual, case)[0]
         predictor.ground_truth_centres = {case: centres_from_label(gt, classes)}
         outs["ground_truth"] = visual + predictor.prior_offsets(prior, visual, case)[0]

@@ -30,7 +30,7 @@ from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 POSITIONING_FOLDER = "stipple_positioning"
-DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 3}
+DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 3, "anatomy_tolerance_mm": 60.0}
 
 
 class STIPPLEPredictor(nnUNetPredictor):
@@ -183,7 +183,8 @@ class STIPPLEPredictor(nnUNetPredictor):
             report = {"fold": prior.fold, "method": "ground_truth", "centres": {str(c): v for c, v in centres.items()}}
         else:
             placement = position_from_probabilities(prior, self._class_probabilities(logits),
-                                                    settings["search_radius_mm"])
+                                                    settings["search_radius_mm"],
+                                                    anatomy_tolerance_mm=settings["anatomy_tolerance_mm"])
             steps = 0
             for steps in range(1, int(settings["repositioning_steps"]) + 1):
                 if not placement.ok:
@@ -191,7 +192,8 @@ class STIPPLEPredictor(nnUNetPredictor):
                 driven = logits + self._offsets_from_centres(prior, shape, placement.centres)
                 placement = position_from_probabilities(prior, self._class_probabilities(driven),
                                                         settings["search_radius_mm"],
-                                                        start_centres=placement.centres)
+                                                        start_centres=placement.centres,
+                                                        anatomy_tolerance_mm=settings["anatomy_tolerance_mm"])
                 if all(p.offset == [0, 0, 0] for p in placement.classes.values() if p.method == "kl"):
                     break  # converged: another step would search from the same centres
             if not placement.ok:

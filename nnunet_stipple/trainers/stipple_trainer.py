@@ -62,6 +62,7 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_prior_dropout: float = 0.2        # fraction of training samples with a uniform prior
     stipple_search_radius_mm: float = 20.0    # positioning: exhaustive KL search radius, per axis (+-)
     stipple_repositioning_steps: int = 3      # positioning: re-searches from the prior-driven probabilities
+    stipple_anatomy_tolerance_mm: float = 60.0  # positioning: reject placements off the organs' layout (0: off)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -78,7 +79,8 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
         return {"trainer": self.__class__.__name__, "run_config": self.run_config.to_json(), "num_bins": self.stipple_num_bins, "floor": self.stipple_floor,
                 "jitter_mm": self.stipple_jitter_mm, "prior_dropout": self.stipple_prior_dropout,
                 "search_radius_mm": self.stipple_search_radius_mm,
-                "repositioning_steps": self.stipple_repositioning_steps}
+                "repositioning_steps": self.stipple_repositioning_steps,
+                "anatomy_tolerance_mm": self.stipple_anatomy_tolerance_mm}
 
     # ---- network ------------------------------------------------------------------------------------------
     @staticmethod

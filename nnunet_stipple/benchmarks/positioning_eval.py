@@ -73,10 +73,10 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
 
 def format_positioning_table(result: dict) -> str:
     labels = result["labels"]
-    head = f"{'class':28s}" + "".join(f"{m:>14s}" for m in MODES)
+    head = f"{'class':28s}" + "".join(f"{m:>16s}" for m in MODES)
     rows = [head]
     for c, name in sorted(labels.items()):
         c = int(c)
-        rows.append(f"{name:28s}" + "".join(f"{result['mean_per_class'][m][c]:14.3f}" for m in MODES))
-    rows.append(f"{'mean':28s}" + "".join(f"{result['mean'][m]:14.3f}" for m in MODES))
+        rows.append(f"{name:28s}" + "".join(f"{result['mean_per_class'][m][c]:16.3f}" for m in MODES))
+    rows.append(f"{'mean':28s}" + "".join(f"{result['mean'][m]:16.3f}" for m in MODES))
     return "\n".join(rows)

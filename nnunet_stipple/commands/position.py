@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an .npz holding 'probabilities' (K, X, Y, Z), background first (or a .npy of it)")
     parser.add_argument("--radius-mm", type=float, default=20.0,
                         help="search radius of the KL translation search in mm (with --probabilities)")
+    parser.add_argument("--anatomy-tolerance-mm", type=float, default=60.0,
+                        help="with --probabilities: reject an organ placement more than this far (mm) from the "
+                             "field-of-view displacement most organs agree on, and place it from the others "
+                             "instead; 0 switches the check off")
     parser.add_argument("-o", "--output", default=None,
                         help="write the JSON here (default: print it on stdout)")
     return parser
@@ -99,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result["input"] = str(args.label)
         else:
             probs, _ = read_volume(args.probabilities, "probabilities")
-            result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm)
+            result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm,
+                                    anatomy_tolerance_mm=args.anatomy_tolerance_mm)
             result["input"] = str(args.probabilities)
         result["prior"] = str(args.prior)
     text = json.dumps(result, indent=2)

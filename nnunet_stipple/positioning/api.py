@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import DEFAULT_SEARCH_RADIUS_MM, centres_from_label, \
-    position_from_probabilities
+from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_SEARCH_RADIUS_MM, \
+    centres_from_label, position_from_probabilities
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 
@@ -31,7 +31,8 @@ def _as_volume(array, what: str, leading: Optional[str] = None) -> np.ndarray:
 
 
 def position_prior(prior: SpatialPrior, label=None, probabilities=None,
-                   radius_mm: float = DEFAULT_SEARCH_RADIUS_MM) -> dict:
+                   radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
+                   anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM) -> dict:
     """Where each class box of ``prior`` goes in one volume (give exactly one of ``label``/``probabilities``).
 
     * ``label`` (integer array (X, Y, Z), or (1, X, Y, Z)): the organ centres (bounding-box centres) of the
@@ -39,7 +40,8 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
     * ``probabilities`` (float array (K, X, Y, Z), K >= the prior's number of outputs, e.g. the
       ``probabilities`` of nnU-Net's ``--save_probabilities`` npz in preprocessed space): coarse centre from
       the largest connected component of each class, then the exhaustive KL translation search within
-      ``radius_mm``. Method ``"kl_search"``.
+      ``radius_mm``, then the anatomical consistency check (``anatomy_tolerance_mm``, 0: off; see
+      :mod:`nnunet_stipple.positioning.place`). Method ``"kl_search"``.
 
     Returns a JSON-ready dict: ``method``, ``shape``, ``confidence`` (mean KL-search confidence; 1.0 for a
     label), ``centres`` (class -> [x, y, z] or None), and per class ``classes`` (name, method, details)."""
@@ -48,6 +50,9 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
                                 f"({'both' if label is not None else 'neither'} given).")
     if radius_mm is None or not np.isfinite(radius_mm) or radius_mm < 0:
         raise StippleInputError(f"The search radius must be a non-negative number of mm, got {radius_mm}.")
+    if anatomy_tolerance_mm is None or not np.isfinite(anatomy_tolerance_mm) or anatomy_tolerance_mm < 0:
+        raise StippleInputError(f"The anatomy tolerance must be a non-negative number of mm (0: no check), got "
+                                f"{anatomy_tolerance_mm}.")
     out = {"dataset_name": prior.dataset_name, "configuration": prior.configuration, "fold": prior.fold,
            "num_bins": prior.num_bins}
     if label is not None:
@@ -72,14 +77,15 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
             f"per class, background first.")
     if not np.issubdtype(probs.dtype, np.number) or not np.all(np.isfinite(probs)):
         raise StippleInputError("The probabilities hold non-finite or non-numeric values.")
-    placement = position_from_probabilities(prior, probs, radius_mm)
+    placement = position_from_probabilities(prior, probs, radius_mm, anatomy_tolerance_mm=anatomy_tolerance_mm)
     report = placement.to_json()
     classes = {}
     for c in prior.classes:
         entry = dict(report["classes"].get(str(c), {"centre": None, "method": "not_built"}))
         entry["name"] = prior.labels[c]
         classes[str(c)] = entry
-    out.update(method="kl_search", shape=list(probs.shape[1:]), radius_mm=float(radius_mm), ok=placement.ok,
+    out.update(method="kl_search", shape=list(probs.shape[1:]), radius_mm=float(radius_mm),
+               anatomy_tolerance_mm=float(anatomy_tolerance_mm), ok=placement.ok,
                confidence=report["confidence"], centres={k: v["centre"] for k, v in classes.items()},
                classes=classes)
     return out

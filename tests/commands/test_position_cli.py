@@ -74,6 +74,8 @@ def test_from_probabilities_recovers_position():
     ({"probabilities": np.zeros((2, 20, 16, 16))}, "2 channels but the prior has 3 classes"),
     ({"probabilities": np.full((3, 4, 4, 4), np.nan)}, "non-finite"),
     ({"label": tiny_label(), "radius_mm": -1}, "non-negative"),
+    ({"label": tiny_label(), "anatomy_tolerance_mm": -5}, "anatomy tolerance"),
+    ({"label": tiny_label(), "anatomy_tolerance_mm": float("nan")}, "anatomy tolerance"),
 ])
 def test_errors(kwargs, needle):
     with pytest.raises(StippleInputError, match=needle):
@@ -103,9 +105,10 @@ def test_cli_probabilities_to_file(tmp_path, capsys):
     np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
     out = tmp_path / "sub" / "pos.json"
     assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--radius-mm", "4",
-                 "-o", str(out)]) == 0
+                 "--anatomy-tolerance-mm", "30", "-o", str(out)]) == 0
     assert "kl_search" in capsys.readouterr().out
-    assert json.loads(out.read_text())["centres"]["2"] == [12.5, 10.0, 10.0]
+    written = json.loads(out.read_text())
+    assert written["centres"]["2"] == [12.5, 10.0, 10.0] and written["anatomy_tolerance_mm"] == 30.0
 
 
 @pytest.mark.parametrize("make, needle", [

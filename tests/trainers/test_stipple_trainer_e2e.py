@@ -197,3 +197,22 @@ def test_two_folds_each_with_its_own_prior_in_sequential_mode(trained, tmp_path)
         assert rep["case"] == r.name.replace(".json", "")
         assert [f["fold"] for f in rep["folds"]] == ["0", "1"]
         assert all(f["method"] in ("kl_search", "uniform_fallback") for f in rep["folds"])
+
+
+def test_positioning_study_script(trained, tmp_path):
+    import sys
+    from pathlib import Path
+    from nnunet_stipple.benchmarks.positioning_eval import MODES
+    out = tmp_path / "positioning.json"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "eval_positioning.py"
+    proc = subprocess.run([sys.executable, str(script), "-m", str(trained["model"]), "-f", "0", "--max_cases", "2",
+                           "-o", str(out)], env=trained["env"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res["cases"]) == 2 and set(res["mean"]) == set(MODES)
+    for case in res["cases"]:
+        for mode in MODES:
+            dice = res["per_case"][case][mode]
+            assert set(dice) == {str(c) for c in res["labels"]}
+            assert all(v is None or np.isnan(v) or 0 <= v <= 1 for v in dice.values())
+    assert any(line.startswith("class") and "auto_unchecked" in line for line in proc.stdout.splitlines())

@@ -1,7 +1,8 @@
 """How much positioning matters (paper Table 4): Dice on a fold's validation cases with the prior placed by
 
 * ``visual``: no prior (the network's prior-free logits alone),
-* ``naive``: the centre of the first prediction's organ, no KL search (radius 0, no re-positioning),
+* ``naive``: the centre of the first prediction's organ, no KL search (radius 0, no re-positioning, no
+  consistency check),
 * ``auto_unchecked``: STIPPLE's positioning without the anatomical consistency check,
 * ``auto``: STIPPLE's positioning (coarse centre + exhaustive KL search + anatomical consistency check +
   re-positioning),
@@ -49,7 +50,7 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     loader = dataset_class_for(ds)(str(ds.data_folder), list(val))
     classes = prior.classes
     naive = copy.copy(prior)
-    naive.settings = {**prior.settings, "search_radius_mm": 0.0, "repositioning_steps": 0}
+    naive.settings = {**prior.settings, "search_radius_mm": 0.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 0.0}
     unchecked = copy.copy(prior)
     unchecked.settings = {**prior.settings, "anatomy_tolerance_mm": 0.0}
     per_case: Dict[str, Dict[str, Dict[int, float]]] = {}

@@ -1,14 +1,16 @@
 """How much positioning matters (paper Table 4): Dice on a fold's validation cases with the prior placed by
 
 * ``visual``: no prior (the network's prior-free logits alone),
-* ``naive``: the centre of the first prediction's organ, no KL search (radius 0, no re-positioning, no
-  consistency check),
-* ``auto_unchecked``: STIPPLE's positioning without the anatomical consistency check,
-* ``auto``: STIPPLE's positioning (coarse centre + exhaustive KL search + anatomical consistency check +
-  re-positioning),
+* ``naive``: the centre of the first prediction's organ (largest component), no KL search (radius 0, no
+  re-positioning, no consistency check),
+* ``components_unchecked``: each organ's KL search starts from its largest predicted component, no
+  anatomical consistency check, then re-positioning,
+* ``components``: the same with the consistency check,
+* ``auto``: STIPPLE's positioning with the model's settings (by default: the joint search over one
+  displacement of all organs, per-organ KL search, consistency check, re-positioning),
 * ``ground_truth``: the organ centres of the validation label.
 
-One network pass per case; the four variants share its logits. Dice in the network's voxel space with
+One network pass per case; all variants share its logits. Dice in the network's voxel space with
 nnU-Net's own ``compute_tp_fp_fn_tn``.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-MODES = ("visual", "naive", "auto_unchecked", "auto", "ground_truth")
+MODES = ("visual", "naive", "components_unchecked", "components", "auto", "ground_truth")
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
@@ -49,19 +51,23 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     val = val[:max_cases] if max_cases else val
     loader = dataset_class_for(ds)(str(ds.data_folder), list(val))
     classes = prior.classes
-    naive = copy.copy(prior)
-    naive.settings = {**prior.settings, "search_radius_mm": 0.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 0.0}
-    unchecked = copy.copy(prior)
-    unchecked.settings = {**prior.settings, "anatomy_tolerance_mm": 0.0}
+    variants = {"naive": {"search_radius_mm": 0.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 0.0,
+                          "coarse_placement": "components"},
+                "components_unchecked": {"anatomy_tolerance_mm": 0.0, "coarse_placement": "components"},
+                "components": {"coarse_placement": "components"},
+                "auto": {}}
+    priors = {}
+    for mode, overrides in variants.items():
+        priors[mode] = copy.copy(prior)
+        priors[mode].settings = {**prior.settings, **overrides}
     per_case: Dict[str, Dict[str, Dict[int, float]]] = {}
     for case in tqdm(val, desc="positioning study", unit="case"):
         data, seg, _, _ = loader.load_case(case)
         gt = np.asarray(seg[0])
         visual, _, _ = predictor.predict_fold(torch.from_numpy(np.asarray(data)), params, case)
         outs = {"visual": visual}
-        outs["naive"] = visual + predictor.prior_offsets(naive, visual, case)[0]
-        outs["auto_unchecked"] = visual + predictor.prior_offsets(unchecked, visual, case)[0]
-        outs["auto"] = visual + predictor.prior_offsets(prior, visual, case)[0]
+        for mode, variant in priors.items():
+            outs[mode] = visual + predictor.prior_offsets(variant, visual, case)[0]
         predictor.ground_truth_centres = {case: centres_from_label(gt, classes)}
         outs["ground_truth"] = visual + predictor.prior_offsets(prior, visual, case)[0]
         predictor.ground_truth_centres = None
@@ -74,10 +80,11 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
 
 def format_positioning_table(result: dict) -> str:
     labels = result["labels"]
-    head = f"{'class':28s}" + "".join(f"{m:>16s}" for m in MODES)
+    w = max(len(m) for m in MODES) + 2
+    head = f"{'class':28s}" + "".join(f"{m:>{w}s}" for m in MODES)
     rows = [head]
     for c, name in sorted(labels.items()):
         c = int(c)
-        rows.append(f"{name:28s}" + "".join(f"{result['mean_per_class'][m][c]:16.3f}" for m in MODES))
-    rows.append(f"{'mean':28s}" + "".join(f"{result['mean'][m]:16.3f}" for m in MODES))
+        rows.append(f"{name:28s}" + "".join(f"{result['mean_per_class'][m][c]:{w}.3f}" for m in MODES))
+    rows.append(f"{'mean':28s}" + "".join(f"{result['mean'][m]:{w}.3f}" for m in MODES))
     return "\n".join(rows)

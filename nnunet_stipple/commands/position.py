@@ -11,6 +11,7 @@ import numpy as np
 
 from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.positioning.place import COARSE_METHODS, DEFAULT_COARSE
 
 PROG = "nnUNetv2_stipple_position"
 NUMPY_SUFFIXES = (".npy", ".npz")
@@ -24,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
             "in voxel coordinates), as JSON. The volume must be in the prior's voxel space: nnU-Net's "
             "preprocessed array of the prior's configuration (same axis order and spacing). From a label "
             "(--label) the centres are the organ bounding-box centres; from class probabilities "
-            "(--probabilities) the prior is placed by the coarse centre of each predicted organ plus the "
-            "exhaustive KL translation search, as at prediction time."),
+            "(--probabilities) the prior is placed as at prediction time: starting centres (--coarse), then "
+            "each organ's exhaustive KL translation search, then the anatomical consistency check."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prior", required=True, help="prior file fold_F.npz (with fold_F.json next to it)")
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --probabilities: reject an organ placement more than this far (mm) from the "
                              "field-of-view displacement most organs agree on, and place it from the others "
                              "instead; 0 switches the check off")
+    parser.add_argument("--coarse", choices=COARSE_METHODS, default=DEFAULT_COARSE,
+                        help="with --probabilities: where each organ's KL search starts: 'joint' searches one "
+                             "displacement of all organs' mean training centres that best explains the "
+                             "prediction; 'components' starts from each organ's largest predicted component")
     parser.add_argument("-o", "--output", default=None,
                         help="write the JSON here (default: print it on stdout)")
     return parser
@@ -104,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             probs, _ = read_volume(args.probabilities, "probabilities")
             result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm,
-                                    anatomy_tolerance_mm=args.anatomy_tolerance_mm)
+                                    anatomy_tolerance_mm=args.anatomy_tolerance_mm, coarse=args.coarse)
             result["input"] = str(args.probabilities)
         result["prior"] = str(args.prior)
     text = json.dumps(result, indent=2)

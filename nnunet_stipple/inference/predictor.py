@@ -30,7 +30,8 @@ from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 POSITIONING_FOLDER = "stipple_positioning"
-DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 3, "anatomy_tolerance_mm": 60.0}
+DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 3, "anatomy_tolerance_mm": 60.0,
+                    "coarse_placement": "joint"}
 
 
 class STIPPLEPredictor(nnUNetPredictor):
@@ -184,7 +185,8 @@ class STIPPLEPredictor(nnUNetPredictor):
         else:
             placement = position_from_probabilities(prior, self._class_probabilities(logits),
                                                     settings["search_radius_mm"],
-                                                    anatomy_tolerance_mm=settings["anatomy_tolerance_mm"])
+                                                    anatomy_tolerance_mm=settings["anatomy_tolerance_mm"],
+                                                    coarse=settings["coarse_placement"])
             steps = 0
             for steps in range(1, int(settings["repositioning_steps"]) + 1):
                 if not placement.ok:

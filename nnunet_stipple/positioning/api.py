@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_SEARCH_RADIUS_MM, \
-    centres_from_label, position_from_probabilities
+from nnunet_stipple.positioning.place import COARSE_METHODS, DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
+    DEFAULT_SEARCH_RADIUS_MM, centres_from_label, position_from_probabilities
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 
@@ -32,15 +32,18 @@ def _as_volume(array, what: str, leading: Optional[str] = None) -> np.ndarray:
 
 def position_prior(prior: SpatialPrior, label=None, probabilities=None,
                    radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
-                   anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM) -> dict:
+                   anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM,
+                   coarse: str = DEFAULT_COARSE) -> dict:
     """Where each class box of ``prior`` goes in one volume (give exactly one of ``label``/``probabilities``).
 
     * ``label`` (integer array (X, Y, Z), or (1, X, Y, Z)): the organ centres (bounding-box centres) of the
       classes present, exactly as the prior was built from training labels. Method ``"label"``.
     * ``probabilities`` (float array (K, X, Y, Z), K >= the prior's number of outputs, e.g. the
-      ``probabilities`` of nnU-Net's ``--save_probabilities`` npz in preprocessed space): coarse centre from
-      the largest connected component of each class, then the exhaustive KL translation search within
-      ``radius_mm``, then the anatomical consistency check (``anatomy_tolerance_mm``, 0: off; see
+      ``probabilities`` of nnU-Net's ``--save_probabilities`` npz in preprocessed space): starting centres
+      from one joint search over a common displacement of all organs (``coarse="joint"``, see
+      :mod:`nnunet_stipple.positioning.joint_search`) or from the largest connected component of each
+      class (``coarse="components"``), then the exhaustive KL translation search within ``radius_mm``, then
+      the anatomical consistency check (``anatomy_tolerance_mm``, 0: off; see
       :mod:`nnunet_stipple.positioning.place`). Method ``"kl_search"``.
 
     Returns a JSON-ready dict: ``method``, ``shape``, ``confidence`` (mean KL-search confidence; 1.0 for a
@@ -53,6 +56,8 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
     if anatomy_tolerance_mm is None or not np.isfinite(anatomy_tolerance_mm) or anatomy_tolerance_mm < 0:
         raise StippleInputError(f"The anatomy tolerance must be a non-negative number of mm (0: no check), got "
                                 f"{anatomy_tolerance_mm}.")
+    if coarse not in COARSE_METHODS:
+        raise StippleInputError(f"The coarse placement must be one of {', '.join(COARSE_METHODS)}, got {coarse!r}.")
     out = {"dataset_name": prior.dataset_name, "configuration": prior.configuration, "fold": prior.fold,
            "num_bins": prior.num_bins}
     if label is not None:
@@ -77,7 +82,8 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
             f"per class, background first.")
     if not np.issubdtype(probs.dtype, np.number) or not np.all(np.isfinite(probs)):
         raise StippleInputError("The probabilities hold non-finite or non-numeric values.")
-    placement = position_from_probabilities(prior, probs, radius_mm, anatomy_tolerance_mm=anatomy_tolerance_mm)
+    placement = position_from_probabilities(prior, probs, radius_mm, anatomy_tolerance_mm=anatomy_tolerance_mm,
+                                            coarse=coarse)
     report = placement.to_json()
     classes = {}
     for c in prior.classes:
@@ -85,7 +91,8 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
         entry["name"] = prior.labels[c]
         classes[str(c)] = entry
     out.update(method="kl_search", shape=list(probs.shape[1:]), radius_mm=float(radius_mm),
-               anatomy_tolerance_mm=float(anatomy_tolerance_mm), ok=placement.ok,
+               anatomy_tolerance_mm=float(anatomy_tolerance_mm), coarse=coarse, joint=report.get("joint"),
+               ok=placement.ok,
                confidence=report["confidence"], centres={k: v["centre"] for k, v in classes.items()},
                classes=classes)
     return out

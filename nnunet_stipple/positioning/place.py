@@ -32,12 +32,15 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnunet_stipple.positioning.joint_search import joint_displacement
 from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius, prepare_reference
 from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes, organ_centre
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 DEFAULT_SEARCH_RADIUS_MM = 20.0
 DEFAULT_ANATOMY_TOLERANCE_MM = 60.0
+COARSE_METHODS = ("joint", "components")
+DEFAULT_COARSE = "joint"
 
 
 def centres_from_label(label: np.ndarray, classes: Sequence[int]) -> Dict[int, List[float]]:
@@ -65,6 +68,7 @@ class ClassPlacement:
 @dataclass
 class Placement:
     classes: Dict[int, ClassPlacement] = field(default_factory=dict)
+    joint: Optional[dict] = None     # the joint search's displacement (coarse="joint", first placement only)
 
     @property
     def ok(self) -> bool:
@@ -81,8 +85,11 @@ class Placement:
         return float(np.mean(vals)) if vals else 0.0
 
     def to_json(self) -> dict:
-        return {"confidence": self.confidence,
-                "classes": {str(c): p.__dict__ for c, p in sorted(self.classes.items())}}
+        out = {"confidence": self.confidence,
+               "classes": {str(c): p.__dict__ for c, p in sorted(self.classes.items())}}
+        if self.joint is not None:
+            out["joint"] = self.joint
+        return out
 
 
 COARSE_STRIDE_ABOVE_VOXELS = 2_000_000
@@ -120,13 +127,18 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
                                 radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
                                 start_centres: Optional[Dict[int, Optional[Sequence[float]]]] = None,
                                 eps: float = 1e-4,
-                                anatomy_tolerance_mm: Optional[float] = DEFAULT_ANATOMY_TOLERANCE_MM) -> Placement:
+                                anatomy_tolerance_mm: Optional[float] = DEFAULT_ANATOMY_TOLERANCE_MM,
+                                coarse: str = DEFAULT_COARSE) -> Placement:
     """Place every class of ``prior`` in a volume from class probabilities (num_outputs, *S).
 
-    ``start_centres`` (optional) replaces the coarse centres, e.g. the previous placement when
-    re-positioning from prior-driven probabilities. ``anatomy_tolerance_mm`` (``None`` or 0 switches the
-    check off) rejects placements that disagree with the displacement most classes agree on (module
-    docstring)."""
+    ``coarse`` chooses the starting centres of the per-class KL searches: ``"joint"`` (the found classes
+    at their mean training centres plus the common displacement of :mod:`.joint_search`) or
+    ``"components"`` (each class's largest predicted component). ``start_centres`` (optional) replaces
+    both, e.g. the previous placement when re-positioning from prior-driven probabilities.
+    ``anatomy_tolerance_mm`` (``None`` or 0 switches the check off) rejects placements that disagree with
+    the displacement most classes agree on (module docstring)."""
+    if coarse not in COARSE_METHODS:
+        raise ValueError(f"coarse must be one of {', '.join(COARSE_METHODS)}, got {coarse!r}")
     probs = np.asarray(probabilities, dtype=np.float32)
     if probs.ndim != 4 or probs.shape[0] < prior.num_outputs:
         raise ValueError(f"probabilities must be (>= {prior.num_outputs}, X, Y, Z), got {probs.shape}")
@@ -135,24 +147,34 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
     # one pass for every class's bounding box; connected components then only run inside each box
     boxes = ndimage.find_objects(argmax, max_label=prior.num_outputs - 1)
     placement = Placement()
+    if start_centres is None and coarse == "joint":
+        counts = np.bincount(argmax.ravel(), minlength=prior.num_outputs)
+        found = [c for c in prior.built_classes if counts[c] > 0]
+        if found:
+            joint = joint_displacement(prior, probs, found)
+            placement.joint = joint.__dict__
+            start_centres = {c: (np.asarray(prior.mean_centres[c]) + joint.displacement).tolist() for c in found}
+        else:
+            start_centres = {}
     for c in prior.built_classes:
         box = boxes[c - 1] if c - 1 < len(boxes) else None
         crop = (argmax[box] == c) if box is not None else None
         n = int(crop.sum()) if crop is not None else 0
-        coarse = None
         if start_centres is not None and start_centres.get(c) is not None:
-            coarse = np.asarray(start_centres[c], dtype=np.float64)
-        elif n:
-            coarse = _largest_component_centre(crop) + np.array([s.start for s in box])
-        if coarse is None:
+            centre0 = np.asarray(start_centres[c], dtype=np.float64)
+        elif n and coarse == "components":
+            centre0 = _largest_component_centre(crop) + np.array([s.start for s in box])
+        else:
+            centre0 = None
+        if centre0 is None:
             placement.classes[c] = ClassPlacement(centre=None, method="none", predicted_voxels=n)
             continue
         size = prior.box_size(c)
-        start0 = box_start(coarse, size)
+        start0 = box_start(centre0, size)
         res = kl_translation_search(probs[c], _prepared_reference(prior, c, radius), tuple(int(v) for v in start0),
                                     radius, eps=eps)
         placement.classes[c] = ClassPlacement(
-            centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in coarse],
+            centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in centre0],
             offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),
             predicted_voxels=n)
     if anatomy_tolerance_mm:

@@ -63,6 +63,8 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_search_radius_mm: float = 20.0    # positioning: exhaustive KL search radius, per axis (+-)
     stipple_repositioning_steps: int = 3      # positioning: re-searches from the prior-driven probabilities
     stipple_anatomy_tolerance_mm: float = 60.0  # positioning: reject placements off the organs' layout (0: off)
+    stipple_coarse_placement: str = "joint"   # positioning: first centres from one joint search ("joint") or
+    #                                           from each organ's largest predicted component ("components")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -80,7 +82,8 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
                 "jitter_mm": self.stipple_jitter_mm, "prior_dropout": self.stipple_prior_dropout,
                 "search_radius_mm": self.stipple_search_radius_mm,
                 "repositioning_steps": self.stipple_repositioning_steps,
-                "anatomy_tolerance_mm": self.stipple_anatomy_tolerance_mm}
+                "anatomy_tolerance_mm": self.stipple_anatomy_tolerance_mm,
+                "coarse_placement": self.stipple_coarse_placement}
 
     # ---- network ------------------------------------------------------------------------------------------
     @staticmethod

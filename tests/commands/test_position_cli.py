@@ -111,6 +111,23 @@ def test_cli_probabilities_to_file(tmp_path, capsys):
     assert written["centres"]["2"] == [12.5, 10.0, 10.0] and written["anatomy_tolerance_mm"] == 30.0
 
 
+@pytest.mark.parametrize("coarse", ["joint", "components"])
+def test_cli_coarse_placement(tmp_path, capsys, coarse):
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    lab = tiny_label()
+    np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
+    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--radius-mm", "4",
+                 "--coarse", coarse]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["coarse"] == coarse and result["centres"]["2"] == [12.5, 10.0, 10.0]
+    assert (result["joint"] is not None) == (coarse == "joint")
+
+
+def test_cli_unknown_coarse_placement(tmp_path, capsys):
+    code, captured = run_main(["--prior", "p.npz", "--probabilities", "p.npz", "--coarse", "centre"], capsys)
+    assert code == 2 and "invalid choice: 'centre'" in captured.err
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda d: np.savez(d / "x.npz", other=np.zeros((3, 4, 4, 4))), "no array named 'probabilities'"),
     (lambda d: np.savez(d / "x.npz", probabilities=np.zeros((2, 4, 4, 4))), "2 channels"),

@@ -78,7 +78,8 @@ def _with_far_false_positive():
 def test_far_false_positive_is_replaced_by_the_organ_layout(tolerance_mm, class2_method):
     prior = _prior([_label(), _label()])
     target, first = _with_far_false_positive()
-    placement = position_from_probabilities(prior, _onehot(first), radius_mm=3, anatomy_tolerance_mm=tolerance_mm)
+    placement = position_from_probabilities(prior, _onehot(first), radius_mm=3, anatomy_tolerance_mm=tolerance_mm,
+                                            coarse="components")
     truth = centres_from_label(target, [1, 2])
     assert placement.classes[1].method == "kl" and placement.centres[1] == pytest.approx(truth[1])
     assert placement.classes[2].method == class2_method

@@ -30,7 +30,10 @@ import numpy as np
 from nnunet_stipple.positioning.kl_search import _select_best, kl_translation_search
 from nnunet_stipple.priors.algorithm import box_start
 
-DEFAULT_COARSE_MM = 6.0
+# The first pass covers every displacement, so its FFTs span about three times the volume: at 6 mm that
+# took 6.8 s on a BTCV 3d_fullres case (2-core CPU), at 12 mm 0.4 s (+1.2 s for the second pass), with
+# the same placements on the three models of docs/benchmarks.md.
+DEFAULT_COARSE_MM = 12.0
 # Probabilities are clipped to [JOINT_EPS, 1 - JOINT_EPS]: an organ box over voxels the first prediction
 # calls background costs at most -ln(0.01) = 4.6 per organ voxel. A weak first prediction misses most of
 # an organ (false negatives) as readily as it scatters false positives; with the KL search's 1e-4 (9.2
@@ -54,14 +57,15 @@ def coarse_factors(spacing: Sequence[float], coarse_mm: float = DEFAULT_COARSE_M
 
 
 def block_mean(a: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Mean over blocks of ``factors`` voxels; a partial block at the end is padded with zeros."""
+    """Mean over blocks of ``factors`` voxels; a partial block at the end is padded with zeros. With all
+    factors 1 the array itself is returned (no copy)."""
     f = [int(v) for v in factors]
     if all(v == 1 for v in f):
-        return np.asarray(a, dtype=np.float64)
-    pad = [(0, (-n) % k) for n, k in zip(a.shape, f)]
-    a = np.pad(np.asarray(a, dtype=np.float64), pad)
-    n = [s // k for s, k in zip(a.shape, f)]
-    return a.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5))
+        return a
+    padded = np.zeros([n + (-n) % k for n, k in zip(a.shape, f)], dtype=np.float32)
+    padded[tuple(slice(0, n) for n in a.shape)] = a
+    n = [s // k for s, k in zip(padded.shape, f)]
+    return padded.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5))
 
 
 def _grid_inputs(prior, probabilities: np.ndarray, classes: Sequence[int], factors: Sequence[int]):
@@ -92,12 +96,15 @@ def joint_costs(inputs, around: Sequence[int], radius: Sequence[int], eps: float
     radius = tuple(int(k) for k in radius)
     total = None
     for q, r, start in inputs.values():
-        s = [int(a) + int(b) for a, b in zip(start, around)]
-        # pad with background so that every window of the search is fully "visible": the mean cost of
-        # kl_translation_search times the box size is then the sum over the box, outside voxels included
-        pad = [(max(0, k - sa), max(0, sa + k + e - n)) for k, sa, e, n in zip(radius, s, r.shape, shape)]
-        s0 = tuple(sa + p[0] for sa, p in zip(s, pad))
-        costs = kl_translation_search(np.pad(q, pad), r, s0, radius, eps=eps).costs * r.size
+        # the search region [s - R, s + R + E) of this class, background (0) where it leaves the volume:
+        # every window is then fully "visible", and the mean cost of kl_translation_search times the box
+        # size is the sum over the box, outside voxels included. Only the region is copied.
+        lo = [int(a) + int(b) - k for a, b, k in zip(start, around, radius)]
+        region = np.zeros([2 * k + e for k, e in zip(radius, r.shape)], dtype=np.result_type(q.dtype, np.float32))
+        src = tuple(slice(max(0, a), min(n, a + m)) for a, m, n in zip(lo, region.shape, shape))
+        if all(sl.stop > sl.start for sl in src):
+            region[tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, lo))] = q[src]
+        costs = kl_translation_search(region, r, radius, radius, eps=eps).costs * r.size
         total = costs if total is None else total + costs
     return total
 

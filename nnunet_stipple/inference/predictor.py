@@ -30,7 +30,7 @@ from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 POSITIONING_FOLDER = "stipple_positioning"
-DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 3, "anatomy_tolerance_mm": 60.0,
+DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 1, "anatomy_tolerance_mm": 60.0,
                     "coarse_placement": "joint"}
 
 

@@ -61,7 +61,7 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_jitter_mm: float = 10.0           # uniform random prior translation in training, per axis (+-)
     stipple_prior_dropout: float = 0.2        # fraction of training samples with a uniform prior
     stipple_search_radius_mm: float = 20.0    # positioning: exhaustive KL search radius, per axis (+-)
-    stipple_repositioning_steps: int = 3      # positioning: re-searches from the prior-driven probabilities
+    stipple_repositioning_steps: int = 1      # positioning: re-searches from the prior-driven probabilities
     stipple_anatomy_tolerance_mm: float = 60.0  # positioning: reject placements off the organs' layout (0: off)
     stipple_coarse_placement: str = "joint"   # positioning: first centres from one joint search ("joint") or
     #                                           from each organ's largest predicted component ("components")

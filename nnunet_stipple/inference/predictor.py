@@ -1,8 +1,9 @@
 """STIPPLE prediction: nnU-Net's predictor with the fold's prior positioned and added once per case.
 
 One network pass per fold and case. The stitched full-volume logits (the "visual" prediction) give a
-first segmentation; the fold's prior is positioned from it (coarse centre + exhaustive KL translation
-search), optionally re-positioned from the prior-driven probabilities, and ``ln p`` is added once, in
+first segmentation; the fold's prior is positioned from it (coarse centres, by default from a joint
+search over one displacement of all organs, then each organ's exhaustive KL translation search), then
+re-positioned from the prior-driven probabilities (``repositioning_steps``), and ``ln p`` is added once, in
 float32, to the full-volume logits. Sliding-window averaging, mirroring and fold averaging are linear,
 so this equals adding the prior per patch, without the fp16 stitching error. nnU-Net's export then turns
 the prior-driven logits into segmentations and (``--save_probabilities``) prior-driven probabilities.

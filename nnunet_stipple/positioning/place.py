@@ -1,9 +1,12 @@
 """Where to put each class's prior box in a volume (paper section 3.2).
 
 * From a label (training): the organ centres of :mod:`nnunet_stipple.priors.algorithm`.
-* From a first prediction (test and unlabeled volumes): a coarse centre from the predicted organ (its
-  largest connected component), then the translation within a radius that minimises the KL divergence
-  between the translated prediction and the reference template (:mod:`.kl_search`), searched exhaustively.
+* From a first prediction (test and unlabeled volumes): a coarse centre per organ, then the translation
+  within a radius that minimises the KL divergence between the translated prediction and the reference
+  template (:mod:`.kl_search`), searched exhaustively. The coarse centres come either from one joint
+  search over a common displacement of all found organs (``coarse="joint"``, the default;
+  :mod:`.joint_search`) or, as in the paper, from each organ's largest predicted connected component
+  (``coarse="components"``).
 
 The reference is the fold's mean aligned training mask of the class (stored with the prior). Because the
 voxel-wise KL to a binary reference is linear in the reference, its cost equals the average of the costs

@@ -215,4 +215,5 @@ def test_positioning_study_script(trained, tmp_path):
             dice = res["per_case"][case][mode]
             assert set(dice) == {str(c) for c in res["labels"]}
             assert all(v is None or np.isnan(v) or 0 <= v <= 1 for v in dice.values())
-    assert any(line.startswith("class") and "auto_unchecked" in line for line in proc.stdout.splitlines())
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("class"))
+    assert header.split()[1:] == list(MODES)

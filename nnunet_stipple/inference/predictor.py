@@ -188,6 +188,7 @@ class STIPPLEPredictor(nnUNetPredictor):
                                                     settings["search_radius_mm"],
                                                     anatomy_tolerance_mm=settings["anatomy_tolerance_mm"],
                                                     coarse=settings["coarse_placement"])
+            joint = placement.joint   # the joint search only runs for the first placement: keep it for the report
             steps = 0
             for steps in range(1, int(settings["repositioning_steps"]) + 1):
                 if not placement.ok:
@@ -206,6 +207,8 @@ class STIPPLEPredictor(nnUNetPredictor):
                 return torch.zeros_like(logits), {"fold": prior.fold, "method": "uniform_fallback"}
             centres = placement.centres
             report = {"fold": prior.fold, "method": "kl_search", "repositioning_steps": steps, **placement.to_json()}
+            if joint is not None:
+                report["joint"] = joint
         offsets = self._offsets_from_centres(prior, shape, centres)
         report["positioning_seconds"] = time.perf_counter() - started
         return offsets, report

@@ -78,6 +78,7 @@ def test_predictor_offsets_are_finite_and_fallback_is_uniform():
     logits = torch.from_numpy(_onehot(_label(shift=2)) * 5)
     offsets, report = predictor.prior_offsets(prior, logits, "case")
     assert torch.isfinite(offsets).all() and report["method"] == "kl_search"
+    assert report["repositioning_steps"] == 1 and report["joint"]["displacement"] == [2, 0, 0]  # labels shifted by 2
     with pytest.warns(UserWarning, match="uniform prior"):
         offsets, report = predictor.prior_offsets(prior, torch.zeros((3, 30, 24, 24)) + torch.tensor([5., 0, 0])[:, None, None, None], "empty")
     assert report["method"] == "uniform_fallback" and torch.count_nonzero(offsets) == 0

@@ -11,7 +11,8 @@ import numpy as np
 
 from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import COARSE_METHODS, DEFAULT_COARSE
+from nnunet_stipple.positioning.place import COARSE_METHODS, DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
+    DEFAULT_SEARCH_RADIUS_MM
 
 PROG = "nnUNetv2_stipple_position"
 NUMPY_SUFFIXES = (".npy", ".npz")
@@ -36,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                           ".npy, or an .npz with 'seg'/'label' (or a single array); (1, X, Y, Z) is accepted")
     src.add_argument("--probabilities", default=None,
                      help="an .npz holding 'probabilities' (K, X, Y, Z), background first (or a .npy of it)")
-    parser.add_argument("--radius-mm", type=float, default=20.0,
+    parser.add_argument("--radius-mm", type=float, default=DEFAULT_SEARCH_RADIUS_MM,
                         help="search radius of the KL translation search in mm (with --probabilities)")
-    parser.add_argument("--anatomy-tolerance-mm", type=float, default=60.0,
+    parser.add_argument("--anatomy-tolerance-mm", type=float, default=DEFAULT_ANATOMY_TOLERANCE_MM,
                         help="with --probabilities: reject an organ placement more than this far (mm) from the "
                              "field-of-view displacement most organs agree on, and place it from the others "
                              "instead; 0 switches the check off")

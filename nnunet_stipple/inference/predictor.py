@@ -25,14 +25,16 @@ from torch._dynamo import OptimizedModule
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import Placement, position_from_probabilities
+from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
+    DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM, Placement, position_from_probabilities
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
     unwrap_network
-from nnunet_stipple.priors.spatial_prior import SpatialPrior
+from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior
 
 POSITIONING_FOLDER = "stipple_positioning"
-DEFAULT_SETTINGS = {"floor": 1e-3, "search_radius_mm": 20.0, "repositioning_steps": 1, "anatomy_tolerance_mm": 60.0,
-                    "coarse_placement": "joint"}
+DEFAULT_SETTINGS = {"floor": DEFAULT_FLOOR, "search_radius_mm": DEFAULT_SEARCH_RADIUS_MM,
+                    "repositioning_steps": DEFAULT_REPOSITIONING_STEPS,
+                    "anatomy_tolerance_mm": DEFAULT_ANATOMY_TOLERANCE_MM, "coarse_placement": DEFAULT_COARSE}
 
 
 class STIPPLEPredictor(nnUNetPredictor):

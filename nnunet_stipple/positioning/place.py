@@ -42,6 +42,7 @@ from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 DEFAULT_SEARCH_RADIUS_MM = 20.0
 DEFAULT_ANATOMY_TOLERANCE_MM = 60.0
+DEFAULT_REPOSITIONING_STEPS = 1
 COARSE_METHODS = ("joint", "components")
 DEFAULT_COARSE = "joint"
 
@@ -151,8 +152,7 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
     boxes = ndimage.find_objects(argmax, max_label=prior.num_outputs - 1)
     placement = Placement()
     if start_centres is None and coarse == "joint":
-        counts = np.bincount(argmax.ravel(), minlength=prior.num_outputs)
-        found = [c for c in prior.built_classes if counts[c] > 0]
+        found = [c for c in prior.built_classes if c - 1 < len(boxes) and boxes[c - 1] is not None]
         if found:
             joint = joint_displacement(prior, probs, found)
             placement.joint = joint.__dict__

@@ -46,25 +46,29 @@ from torch import distributed as dist
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
+    DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM
 from nnunet_stipple.priors.algorithm import box_start
 from nnunet_stipple.priors.build import load_or_build, open_preprocessed, prior_path
 from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_prior_module, prior_module_of, \
     unwrap_network
-from nnunet_stipple.priors.spatial_prior import SpatialPrior, combine_class_probabilities
+from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, combine_class_probabilities
 from nnunet_stipple.trainers.data_loader import BATCH_KEY, STIPPLEDataLoader
 from nnunet_stipple.trainers.label_proportion import LabelProportionMixin
 
 
 class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_num_bins: int = 5                 # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
-    stipple_floor: float = 1e-3               # every class probability is floored here before renormalising
+    stipple_floor: float = DEFAULT_FLOOR      # every class probability is floored here before renormalising
     stipple_jitter_mm: float = 10.0           # uniform random prior translation in training, per axis (+-)
     stipple_prior_dropout: float = 0.2        # fraction of training samples with a uniform prior
-    stipple_search_radius_mm: float = 20.0    # positioning: exhaustive KL search radius, per axis (+-)
-    stipple_repositioning_steps: int = 1      # positioning: re-searches from the prior-driven probabilities
-    stipple_anatomy_tolerance_mm: float = 60.0  # positioning: reject placements off the organs' layout (0: off)
-    stipple_coarse_placement: str = "joint"   # positioning: first centres from one joint search ("joint") or
-    #                                           from each organ's largest predicted component ("components")
+    # positioning (stored in the checkpoint, used by STIPPLE prediction): exhaustive KL search radius per axis
+    # (+-), re-searches from the prior-driven probabilities, rejection of placements off the organs' layout
+    # (0: off), first centres from one joint search ("joint") or each organ's largest component ("components")
+    stipple_search_radius_mm: float = DEFAULT_SEARCH_RADIUS_MM
+    stipple_repositioning_steps: int = DEFAULT_REPOSITIONING_STEPS
+    stipple_anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM
+    stipple_coarse_placement: str = DEFAULT_COARSE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -6,6 +6,7 @@ voxel coordinates of that array.
 """
 from __future__ import annotations
 
+from numbers import Real
 from typing import Optional
 
 import numpy as np
@@ -30,6 +31,24 @@ def _as_volume(array, what: str, leading: Optional[str] = None) -> np.ndarray:
     return arr
 
 
+def _non_negative_number(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and bool(np.isfinite(x)) and x >= 0
+
+
+def check_positioning_settings(radius_mm, anatomy_tolerance_mm, coarse, where: str = "") -> None:
+    """Positioning settings a placement can run with, else a StippleInputError (``where`` names their source,
+    e.g. the trainer class whose attributes they are)."""
+    prefix = f"{where}: " if where else ""
+    if not _non_negative_number(radius_mm):
+        raise StippleInputError(f"{prefix}The search radius must be a non-negative number of mm, got {radius_mm!r}.")
+    if not _non_negative_number(anatomy_tolerance_mm):
+        raise StippleInputError(f"{prefix}The anatomy tolerance must be a non-negative number of mm (0: no check), "
+                                f"got {anatomy_tolerance_mm!r}.")
+    if coarse not in COARSE_METHODS:
+        raise StippleInputError(f"{prefix}The coarse placement must be one of {', '.join(COARSE_METHODS)}, got "
+                                f"{coarse!r}.")
+
+
 def position_prior(prior: SpatialPrior, label=None, probabilities=None,
                    radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
                    anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM,
@@ -51,13 +70,7 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
     if (label is None) == (probabilities is None):
         raise StippleInputError("Give exactly one of a label volume or class probabilities to position the prior "
                                 f"({'both' if label is not None else 'neither'} given).")
-    if radius_mm is None or not np.isfinite(radius_mm) or radius_mm < 0:
-        raise StippleInputError(f"The search radius must be a non-negative number of mm, got {radius_mm}.")
-    if anatomy_tolerance_mm is None or not np.isfinite(anatomy_tolerance_mm) or anatomy_tolerance_mm < 0:
-        raise StippleInputError(f"The anatomy tolerance must be a non-negative number of mm (0: no check), got "
-                                f"{anatomy_tolerance_mm}.")
-    if coarse not in COARSE_METHODS:
-        raise StippleInputError(f"The coarse placement must be one of {', '.join(COARSE_METHODS)}, got {coarse!r}.")
+    check_positioning_settings(radius_mm, anatomy_tolerance_mm, coarse)
     out = {"dataset_name": prior.dataset_name, "configuration": prior.configuration, "fold": prior.fold,
            "num_bins": prior.num_bins}
     if label is not None:

@@ -46,6 +46,7 @@ from torch import distributed as dist
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.positioning.api import check_positioning_settings
 from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
     DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM
 from nnunet_stipple.priors.algorithm import box_start
@@ -73,6 +74,11 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # checked now, not when the final validation first positions a prior after the whole training
+        check_positioning_settings(self.stipple_search_radius_mm, self.stipple_anatomy_tolerance_mm,
+                                   self.stipple_coarse_placement,
+                                   where=f"{type(self).__name__} (stipple_search_radius_mm, "
+                                         f"stipple_anatomy_tolerance_mm, stipple_coarse_placement)")
         self._read_run_config()
         if self.run_config.num_bins is not None:
             self.stipple_num_bins = self.run_config.num_bins

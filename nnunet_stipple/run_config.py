@@ -18,6 +18,12 @@ from typing import List, Optional
 from nnunet_stipple.errors import StippleInputError
 
 RUN_CONFIG_FILE = "stipple_run.json"
+# settings that set the nnU-Net trainer attribute of the same name (the training schedule)
+SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every")
+# settings that only concern the relabeling rounds: a model trained without relabeling can be round 0 of a loop
+# whose other settings equal its own
+RELABELING_KEYS = ("rounds", "gamma_max", "selection", "include_background", "retrain", "unlabeled_sources",
+                   "round0_model_folder")
 
 
 @dataclass
@@ -34,6 +40,10 @@ class RunConfig:
     num_epochs: Optional[int] = None       # schedule overrides for short studies
     num_iterations_per_epoch: Optional[int] = None
     num_val_iterations_per_epoch: Optional[int] = None
+    save_every: Optional[int] = None       # epochs between nnU-Net's checkpoint_latest.pth (nnU-Net: 50)
+    # pseudo-labeling trainers: m0 = <this model folder>/fold_<f>/checkpoint_final.pth, the same training without
+    # relabeling (same data, seed and settings; absolute or relative to this file's folder), not trained again
+    round0_model_folder: Optional[str] = None
 
     def validate(self, source: str = RUN_CONFIG_FILE) -> "RunConfig":
         if not 0 < self.label_proportion <= 1:
@@ -44,6 +54,8 @@ class RunConfig:
             raise StippleInputError(f"{source}: gamma_max must be in (0, 1], got {self.gamma_max}")
         if self.num_bins is not None and self.num_bins < 1:
             raise StippleInputError(f"{source}: num_bins must be >= 1, got {self.num_bins}")
+        if self.save_every is not None and (int(self.save_every) != self.save_every or self.save_every < 1):
+            raise StippleInputError(f"{source}: save_every must be an integer >= 1 (epochs), got {self.save_every!r}")
         if self.retrain not in ("scratch", "finetune"):
             raise StippleInputError(f"{source}: retrain must be 'scratch' or 'finetune', got {self.retrain!r}")
         bad = set(self.unlabeled_sources) - {"hidden", "imagesUnlabeled"}

@@ -37,13 +37,15 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_stipple.atomic import write_json_atomic
+from nnunet_stipple.benchmarks.record import export_files, export_report, export_run, import_record
+from nnunet_stipple.benchmarks.reduced_plans import NetworkReduction, ensure_reduced_plans
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.run_config import RUN_CONFIG_FILE, RunConfig
 
@@ -70,6 +72,7 @@ PAPER_FOLDS = (0, 1, 2, 3, 4)
 NNUNET_SCHEDULE = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
 SKIPPED_SAME = "same as without relabeling"
 CPU_SMALL_PLANS = "nnUNetPlans_cpusmall"
+CPU_2D_PLANS = "nnUNetPlans_cpu2d"
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 
 
@@ -85,11 +88,19 @@ class Profile:
     coarse_spacing: bool              # plan its own coarser target spacing (nnUNetv2_plan_experiment)
     description: str
     bins: int = DEFAULT_BINS          # B of the prior methods unless --bins is given
+    reduction: Optional[NetworkReduction] = None   # own plans derived from nnUNetPlans (smaller network / batch)
+    save_every: Optional[int] = None  # epochs between checkpoints (nnU-Net: 50); None: nnU-Net's
+    alpha_priority: Tuple[float, ...] = ()   # label proportions trained first, in this order (then the rest)
+    device: str = "cuda"              # device of the trainings unless --device is given
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
 
     @property
     def schedule(self) -> dict:
-        return {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
-                "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch}
+        out = {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
+               "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch}
+        if self.save_every is not None:
+            out["save_every"] = self.save_every
+        return out
 
 
 PROFILES: Dict[str, Profile] = {
@@ -104,7 +115,23 @@ PROFILES: Dict[str, Profile] = {
                                      "fold 0, alpha = 100/10 %, B = 3",
                          # at 12 x 8 mm a thin organ keeps few slices: BTCV's right adrenal gland is 3 slices
                          # deep in the 2 cases of alpha = 10 %, and Algorithm 1 needs B <= every organ's depth
-                         bins=3),
+                         bins=3, device="cpu", nsd_tolerance_mm=12.0),
+    # The paper's backbone is a 2D U-Net: nnU-Net's 2d configuration with its own plans reduced to what 2 CPU
+    # cores train in about an hour (batch 8, 5 stages of 16-256 features; BTCV lowres: 0.3-0.45 s per
+    # iteration), every setting of nnU-Net's schedule but the number of epochs and validation iterations.
+    "cpu-2d": Profile("cpu-2d", num_epochs=40, num_iterations_per_epoch=250, num_val_iterations_per_epoch=25,
+                      folds=(0, 1), alphas=(100.0, 30.0, 10.0), plans=CPU_2D_PLANS, coarse_spacing=False,
+                      description="nnU-Net's 2d plans reduced for a 2-core CPU (batch 8, 5 stages, 16-256 "
+                                  "features), 40 epochs x 250 iterations, folds 0 and 1, alpha = 100/30/10 %, B = 5",
+                      reduction=NetworkReduction(batch_size=8, n_stages=5, base_features=16, max_features=256),
+                      save_every=1, alpha_priority=(10.0, 100.0, 30.0), device="cpu", nsd_tolerance_mm=5.0),
+    # The same comparison on one GPU within a few minutes per training (scripts/gpu_study.sh): nnU-Net's own 2d
+    # plans (batch and network as planned), a short schedule, fold 0, alpha = 10 and 100 %.
+    "gpu-2d": Profile("gpu-2d", num_epochs=10, num_iterations_per_epoch=50, num_val_iterations_per_epoch=5,
+                      folds=(0,), alphas=(100.0, 10.0), plans="nnUNetPlans", coarse_spacing=False,
+                      description="nnU-Net's own 2d plans on one GPU, 10 epochs x 50 iterations, fold 0, "
+                                  "alpha = 100/10 %, B = 5",
+                      save_every=1, alpha_priority=(10.0, 100.0), device="cuda", nsd_tolerance_mm=5.0),
 }
 # What the 'paper' profile itself changes compared with the paper (it is the paper's protocol on nnU-Net).
 PAPER_PROFILE_NOTE = ("The paper trains a 2D U-Net (Adam) on TCIA pancreas; here every method uses nnU-Net "
@@ -252,6 +279,18 @@ class RunSpec:
                                             "added_for")})
 
 
+def scaled_profile(profile: Profile, schedule_scale: float) -> Profile:
+    """The profile with ``schedule_scale`` times its epochs (a whole number of epochs >= 1)."""
+    try:
+        epochs = float(schedule_scale) * profile.num_epochs
+    except (TypeError, ValueError):
+        epochs = float("nan")
+    if not math.isfinite(epochs) or epochs < 1 or epochs != int(epochs):
+        raise StippleInputError(f"Schedule scale {schedule_scale!r} must give a whole number of epochs >= 1 "
+                                f"({profile.name}: {profile.num_epochs} epochs).")
+    return profile if schedule_scale == 1 else replace(profile, num_epochs=int(epochs))
+
+
 def check_methods(methods: Iterable[str]) -> List[str]:
     methods = list(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
@@ -351,6 +390,16 @@ def _spec_order(s: RunSpec, main_b: int) -> tuple:
     """alpha descending; the paper's Table 2 rows (main B) first, then the bins-study rows."""
     variant = s.method in PRIOR_METHODS and s.bins != main_b
     return -s.alpha, variant, METHOD_ORDER.index(s.method), s.bins or 0
+
+
+def work_order(specs: Sequence[RunSpec], folds: Sequence[int], alpha_priority: Sequence[float] = ()
+               ) -> List[Tuple[RunSpec, int]]:
+    """(run, fold) pairs in training order: the profile's priority proportions first (in its order, then the
+    others by decreasing alpha); within a proportion fold by fold, each fold's methods in Table 2 order, so a
+    relabeling method comes right after the run whose model is its round 0."""
+    rank = {float(a): i for i, a in enumerate(alpha_priority)}
+    alphas = sorted({s.alpha for s in specs}, key=lambda a: (rank.get(float(a), len(rank)), -a))
+    return [(s, f) for a in alphas for f in folds for s in specs if s.alpha == a and not s.skipped]
 
 
 def run_config_for(spec: RunSpec, profile: Profile, label_seed: int = 0) -> dict:
@@ -492,6 +541,28 @@ def ensure_cpu_small_plans(dataset_name: str, configuration: str, plans: str, st
     return info
 
 
+def ensure_profile_plans(dataset_name: str, configuration: str, plans: str, reduction: NetworkReduction,
+                         study_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The reduced plans of a profile (:mod:`nnunet_stipple.benchmarks.reduced_plans`), after nnU-Net's own
+    planning and preprocessing of ``configuration`` (``nnUNetv2_plan_and_preprocess -c CONFIG``) if missing."""
+    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    if plans == "nnUNetPlans":
+        raise StippleInputError(f"The profile derives its own plans from nnUNetPlans and does not overwrite them: "
+                                f"leave -p out (it uses {CPU_2D_PLANS}) or give another plans name.")
+    did = dataset_id(dataset_name)
+    commands = []
+
+    def plan_and_preprocess() -> None:
+        cmd = [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(did), "-c", configuration, "-np", "2"]
+        _run_logged(cmd, Path(study_dir) / "planning.log", log)
+        commands.append(cmd)
+
+    info = ensure_reduced_plans(dataset_name, configuration, plans, reduction, nnunet_preprocessed_root(),
+                                plan_and_preprocess, log)
+    info["commands"] = commands
+    return info
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # study.json
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,9 +571,10 @@ def reductions(profile: Profile, folds: Sequence[int], alphas: Sequence[float], 
     """What this study reduces compared with the paper protocol (the 'paper' profile)."""
     paper = PROFILES["paper"]
     red = {}
+    nnunet_defaults = {**paper.schedule, "save_every": 50}
     for k, v in profile.schedule.items():
-        if v != paper.schedule[k]:
-            red[k] = {"paper": paper.schedule[k], "used": v}
+        if v != nnunet_defaults[k]:
+            red[k] = {"paper": nnunet_defaults[k], "used": v}
     if list(folds) != list(paper.folds):
         red["folds"] = {"paper": list(paper.folds), "used": list(folds)}
     if sorted(alphas) != sorted(paper.alphas):
@@ -512,6 +584,8 @@ def reductions(profile: Profile, folds: Sequence[int], alphas: Sequence[float], 
     if planning and planning.get("target_spacing") is not None:
         red["target_spacing_mm"] = {"paper": planning.get("dataset_fullres_spacing"),
                                     "used": planning["target_spacing"], "axis_order": "array (z, y, x)"}
+    if planning and planning.get("changed"):
+        red["network"] = {"derived_from": planning.get("source_plans"), "changed": planning["changed"]}
     if plans_info:
         red.update(plans_info)
     return red
@@ -546,10 +620,30 @@ def load_study(study_dir: Path) -> Optional[dict]:
         raise StippleInputError(f"{f} is not valid JSON ({e}); repair or remove it.") from e
 
 
+def merge_studies(existing: Optional[dict], recorded: dict) -> dict:
+    """study.json of a study folder extended by a record's (its runs, folds, alphas, methods, bins)."""
+    if existing is None:
+        return json.loads(json.dumps(recorded))
+    out = dict(existing)
+    out["folds"] = sorted(set(existing.get("folds", [])) | set(recorded.get("folds", [])))
+    out["alphas"] = sorted(set(existing.get("alphas", [])) | set(recorded.get("alphas", [])), reverse=True)
+    for key in ("methods", "bins", "bins_methods"):
+        out[key] = list(dict.fromkeys(list(existing.get(key, [])) + list(recorded.get(key, []))))
+    runs = {k: dict(v) for k, v in existing.get("runs", {}).items()}
+    for run_id, entry in recorded.get("runs", {}).items():
+        mine = runs.setdefault(run_id, dict(entry))
+        mine["folds"] = sorted(set(mine.get("folds", [])) | set(entry.get("folds", [])))
+    out["runs"] = runs
+    return out
+
+
 def check_same_study(existing: dict, dataset_name: str, configuration: str, plans: str, profile: str,
-                     study_dir: Path) -> None:
+                     study_dir: Path, schedule_scale: Optional[float] = None) -> None:
     mine = {"dataset": dataset_name, "configuration": configuration, "plans": plans, "profile": profile}
-    diff = {k: (existing.get(k), v) for k, v in mine.items() if existing.get(k) != v}
+    if schedule_scale is not None:
+        mine["schedule_scale"] = schedule_scale
+    diff = {k: (existing.get(k, 1 if k == "schedule_scale" else None), v) for k, v in mine.items()
+            if existing.get(k, 1 if k == "schedule_scale" else None) != v}
     if diff:
         what = "; ".join(f"{k}: study has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise StippleInputError(f"{Path(study_dir) / STUDY_FILE} is a study folder from another configuration "
@@ -671,6 +765,21 @@ def _last_error_line(log_file: Path) -> Optional[str]:
     return None
 
 
+def round0_model_folder(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, plans: str,
+                        configuration: str) -> Optional[Path]:
+    """For a relabeling run whose loop has not started: the model folder of its counterpart without relabeling
+    when that fold's model exists here (its round 0: same data, seed and settings), else None."""
+    if spec.method not in RELABEL_COUNTERPART:
+        return None
+    mdir = model_folder(spec.folder(study_dir), dataset_name, spec.trainer, plans, configuration)
+    if (mdir / f"fold_{fold}" / "pseudo_labeling" / "state.json").is_file():
+        return None
+    method = RELABEL_COUNTERPART[spec.method]
+    other = RunSpec(spec.alpha, method, spec.bins, METHODS[method])
+    odir = model_folder(other.folder(study_dir), dataset_name, other.trainer, plans, configuration)
+    return odir if (odir / f"fold_{fold}" / "checkpoint_final.pth").is_file() and fold_finished(odir, fold) else None
+
+
 def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, configuration: str, plans: str,
             profile: Profile, device: str, runner: Runner = subprocess_runner,
             log: Callable[[str], None] = print) -> str:
@@ -688,6 +797,11 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
         write_json_atomic(run_file, meta)
         return "finished"
     rc_dict = run_config_for(spec, profile)
+    round0 = round0_model_folder(spec, fold, study_dir, dataset_name, plans, configuration)
+    if round0 is not None:
+        rc_dict["round0_model_folder"] = os.path.relpath(round0, mdir)
+        log(f"[{spec.run_id} fold {fold}] round 0 = the finished {RELABEL_COUNTERPART[spec.method]} model "
+            f"({round0}), not trained again")
     rc_file = mdir / RUN_CONFIG_FILE
     if not rc_file.is_file() or json.loads(rc_file.read_text()) != rc_dict:
         write_json_atomic(rc_file, rc_dict)
@@ -728,33 +842,54 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
               methods: Optional[Sequence[str]] = None, bins: Optional[Sequence[int]] = None,
               bins_methods: Sequence[str] = ("stipple_norelab",), plans: Optional[str] = None,
               device: Optional[str] = None, dry_run: bool = False, report: bool = True,
-              nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, runner: Runner = subprocess_runner,
-              log: Callable[[str], None] = print) -> dict:
+              nsd_tolerance_mm: Optional[float] = None, runner: Runner = subprocess_runner,
+              schedule_scale: float = 1, record_dir=None, log: Callable[[str], None] = print) -> dict:
     """Plan, (for cpu-small) plan/preprocess the coarse plans, train every unfinished run, then report.
 
-    Returns a dict with the planned runs, the estimate and the status of each (run, fold)."""
-    prof = check_profile(profile)
+    With ``record_dir`` (e.g. docs/results/<study>): the record's runs are imported first (finished there =
+    finished here, see :mod:`nnunet_stipple.benchmarks.record`), and every run's record files are exported to
+    it as soon as the run finishes (with its positioning rows), the report at the end.
+
+    ``schedule_scale`` multiplies the profile's number of epochs (e.g. 2: the check that a longer schedule
+    changes little); a study folder holds one schedule. Returns a dict with the planned runs, the estimate
+    and the status of each (run, fold)."""
+    prof = scaled_profile(check_profile(profile), schedule_scale)
     methods = check_methods(methods if methods is not None else list(METHODS))
     alphas = check_alphas(alphas if alphas is not None else prof.alphas)
     bins = check_bins(bins if bins is not None else [prof.bins])
     folds = check_folds(folds if folds is not None else prof.folds)
     bins_methods = check_methods(bins_methods)
-    device = device or ("cpu" if prof.name == "cpu-small" else "cuda")
+    device = device or prof.device
     if device not in ("cpu", "cuda"):
         raise StippleInputError(f"Unknown device {device!r}; use cpu or cuda.")
-    if not isinstance(nsd_tolerance_mm, (int, float)) or not nsd_tolerance_mm >= 0:
-        raise StippleInputError(f"NSD tolerance must be a number >= 0 (mm), got {nsd_tolerance_mm!r}.")
+    nsd_tolerance_mm = check_nsd_tolerance(prof.nsd_tolerance_mm if nsd_tolerance_mm is None else nsd_tolerance_mm)
     study_dir = Path(study_dir)
     plans = plans or prof.plans
     dataset_name = resolve_dataset(dataset)
+    recorded = load_study(Path(record_dir)) if record_dir is not None else None
+    if recorded is not None:
+        check_same_study(recorded, dataset_name, configuration, plans, prof.name, Path(record_dir), schedule_scale)
     existing = load_study(study_dir)
     if existing is not None:
-        check_same_study(existing, dataset_name, configuration, plans, prof.name, study_dir)
+        check_same_study(existing, dataset_name, configuration, plans, prof.name, study_dir, schedule_scale)
+    if recorded is not None and not dry_run:
+        import_record(Path(record_dir), study_dir, log)
+        existing = merge_studies(existing, recorded)
 
     from nnunet_stipple.priors.build import open_preprocessed, training_cases_of_fold
     planning = (existing or {}).get("planning")
     ds = None
-    if prof.coarse_spacing:
+    if prof.reduction is not None:
+        if dry_run:
+            try:
+                ds = open_preprocessed(dataset_name, configuration, plans)
+            except StippleInputError:
+                log(f"(dry run) would derive {plans} from nnUNetPlans ({prof.reduction}) and preprocess "
+                    f"{configuration} if needed")
+        else:
+            planning = ensure_profile_plans(dataset_name, configuration, plans, prof.reduction, study_dir, log)
+            ds = open_preprocessed(dataset_name, configuration, plans)
+    elif prof.coarse_spacing:
         if dry_run:
             try:
                 ds = open_preprocessed(dataset_name, configuration, plans)
@@ -793,6 +928,8 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study["profile_description"] = prof.description
     study["paper_protocol_note"] = PAPER_PROFILE_NOTE
     study["schedule"] = prof.schedule
+    study["schedule_scale"] = schedule_scale
+    study["nsd_tolerance_mm"] = nsd_tolerance_mm
     study["label_seed"] = 0
     study["folds"] = sorted(set(study.get("folds", [])) | set(folds))
     study["alphas"] = sorted(set(study.get("alphas", [])) | set(alphas), reverse=True)
@@ -843,18 +980,58 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study_dir / STUDY_FILE, study)
     failed = []
-    for s in specs:
-        if s.skipped:
+    for s, f in work_order(specs, folds, prof.alpha_priority):
+        st = run_one(s, f, study_dir, dataset_name, configuration, plans, prof, device, runner, log)
+        result["status"][f"{s.run_id}/fold_{f}"] = st
+        if st == "failed":
+            failed.append(f"{s.run_id}/fold_{f}")
             continue
-        for f in folds:
-            st = run_one(s, f, study_dir, dataset_name, configuration, plans, prof, device, runner, log)
-            result["status"][f"{s.run_id}/fold_{f}"] = st
-            if st == "failed":
-                failed.append(f"{s.run_id}/fold_{f}")
+        record_positioning(s, f, study_dir, dataset_name, plans, configuration, device, log)
+        if record_dir is not None:
+            mdir = model_folder(s.folder(study_dir), dataset_name, s.trainer, plans, configuration)
+            done = [g for g in folds if fold_finished(mdir, g)]
+            written = export_run(study_dir, Path(record_dir), s.folder(study_dir).relative_to(study_dir).as_posix(),
+                                 done)
+            export_files(study_dir, Path(record_dir), [STUDY_FILE])
+            log(f"[{s.run_id} fold {f}] record: {len(written)} files written to {record_dir}")
     result["failed"] = failed
     if report:
-        result["report"] = report_study(study_dir, nsd_tolerance_mm=nsd_tolerance_mm, log=log)
+        result["report"] = report_study(study_dir, nsd_tolerance_mm=nsd_tolerance_mm, record_dir=record_dir,
+                                        log=log)
     return result
+
+
+POSITIONING_MODES = ("visual", "naive", "auto", "ground_truth")   # the modes of positioning.csv
+
+
+def record_positioning(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, plans: str,
+                       configuration: str, device: str, log: Callable[[str], None] = print) -> Optional[Path]:
+    """Positioning quality of a finished prior run's fold while its model exists: Dice per validation case and
+    class with the visual prediction, naive centring, automatic positioning and ground-truth centres (and the
+    other variants of :mod:`nnunet_stipple.benchmarks.positioning_eval`), nnU-Net's test-time mirroring on,
+    written once to ``runs/<alpha>/<name>/positioning_fold<f>.json``."""
+    if spec.method not in PRIOR_METHODS:
+        return None
+    out = spec.folder(study_dir) / f"positioning_fold{fold}.json"
+    if out.is_file():
+        return out
+    mdir = model_folder(spec.folder(study_dir), dataset_name, spec.trainer, plans, configuration)
+    if not (mdir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        log(f"[{spec.run_id} fold {fold}] no checkpoint_final.pth here: positioning quality not measured")
+        return None
+    from nnunet_stipple.benchmarks.positioning_eval import MODES, evaluate_positioning
+    log(f"[{spec.run_id} fold {fold}] positioning quality on the validation cases ({', '.join(MODES)})")
+    t0 = time.perf_counter()
+    res = evaluate_positioning(str(mdir), fold, device=device, mirroring=True)
+    rows = [{"case": case, "class_key": str(c), "mode": m, "dice": _num(v)}
+            for case, by_mode in res["per_case"].items() for m in MODES for c, v in by_mode[m].items()]
+    write_json_atomic(out, {"run_id": spec.run_id, "fold": fold, "modes": list(MODES), "mirroring": True,
+                            "space": "the network's (preprocessed) voxel grid", "created": _now(),
+                            "seconds": time.perf_counter() - t0, "git_commit": git_commit(),
+                            "mean": res["mean"], "rows": rows})
+    log(f"[{spec.run_id} fold {fold}] positioning: mean Dice "
+        + ", ".join(f"{m} {res['mean'][m]:.3f}" for m in MODES))
+    return out
 
 
 def run_cost(dataset, configuration: str, study_dir, plans: Optional[str] = None, fold: int = 0,
@@ -1024,7 +1201,8 @@ def _fold_cases(study_dir: Path, spec: RunSpec, study: dict, fold: int, dataset_
             st = pred.stat()
             stamp = [st.st_size, st.st_mtime_ns]
         cached = cache["cases"].get(case)
-        if cached is not None and cached.get("stamp") == stamp and all(k in cached["nsd"] for k in keys):
+        # a recorded value stands when the prediction is gone (a study rebuilt from its record)
+        if cached is not None and all(k in cached["nsd"] for k in keys) and stamp in (None, cached.get("stamp")):
             nsd = cached["nsd"]
         elif pred.is_file() and gt.is_file():
             nsd = case_nsd(pred, gt, keys, tolerance_mm)
@@ -1080,15 +1258,20 @@ def _row_label(spec: RunSpec) -> str:
 
 
 def paired_ttest(a: Dict[Tuple[int, str], float], b: Dict[Tuple[int, str], float]) -> dict:
-    """scipy.stats.ttest_rel over the cases present (not NaN) in both."""
-    from scipy.stats import ttest_rel
+    """Paired tests over the cases present (not NaN) in both: scipy.stats.ttest_rel (``t``, ``p``) and the
+    Wilcoxon signed-rank test scipy.stats.wilcoxon (``w``, ``p_wilcoxon``; None when every difference is 0)."""
+    from scipy.stats import ttest_rel, wilcoxon
     keys = sorted(k for k in set(a) & set(b) if not math.isnan(a[k]) and not math.isnan(b[k]))
     x, y = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
     out = {"n": len(keys), "mean_a": _num(x.mean()) if keys else None, "mean_b": _num(y.mean()) if keys else None,
-           "mean_diff": _num((x - y).mean()) if keys else None, "t": None, "p": None}
+           "mean_diff": _num((x - y).mean()) if keys else None, "t": None, "p": None, "w": None,
+           "p_wilcoxon": None}
     if len(keys) >= 2:
         res = ttest_rel(x, y)
         out["t"], out["p"] = _num(res.statistic), _num(res.pvalue)
+        if np.any(x != y):
+            res = wilcoxon(x, y)
+            out["w"], out["p_wilcoxon"] = _num(res.statistic), _num(res.pvalue)
     return out
 
 
@@ -1110,7 +1293,21 @@ def _fmt_p(p: Optional[float]) -> str:
     return f"{p:.3g}" if p >= 1e-3 else f"{p:.2e}"
 
 
-def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+def check_nsd_tolerance(tolerance_mm) -> float:
+    if isinstance(tolerance_mm, bool) or not isinstance(tolerance_mm, (int, float)) or not tolerance_mm >= 0:
+        raise StippleInputError(f"NSD tolerance must be a number >= 0 (mm), got {tolerance_mm!r}.")
+    return float(tolerance_mm)
+
+
+def study_nsd_tolerance(study: dict) -> float:
+    """The NSD tolerance a study was run with (study.json), else its profile's."""
+    if study.get("nsd_tolerance_mm") is not None:
+        return float(study["nsd_tolerance_mm"])
+    prof = PROFILES.get(study.get("profile"))
+    return prof.nsd_tolerance_mm if prof else DEFAULT_NSD_TOLERANCE_MM
+
+
+def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir=None,
                  log: Callable[[str], None] = print) -> dict:
     """(Re)aggregate every finished (run, fold) of a study into ``DIR/report/``.
 
@@ -1122,14 +1319,18 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
       same for the pancreas (a class whose name contains "pancreas") if any;
     * paired t-tests (``scipy.stats.ttest_rel`` over the validation cases of all folds, per alpha) of every
       method vs ``plain`` and of ``stipple`` vs ``plain_relabel``;
-    * ``table.md`` (the paper's Table 2 layout) and PNG plots."""
+    * ``positioning.csv`` (run_id, fold, case, class_key, mode, dice): the prior runs' positioning quality per
+      validation case and class (modes visual, naive, auto, ground_truth; see :func:`record_positioning`);
+    * ``table.md`` (the paper's Table 2 layout, Dice per organ, positioning) and PNG plots.
+
+    With ``record_dir`` the report and study.json are copied there too."""
     study_dir = Path(study_dir)
     study = load_study(study_dir)
     if study is None:
         raise StippleInputError(f"{study_dir / STUDY_FILE} not found: not a study folder (create one with "
                                 f"`nnUNetv2_stipple_study run ... --study-dir {study_dir}`).")
-    if not nsd_tolerance_mm >= 0:
-        raise StippleInputError(f"NSD tolerance must be >= 0 mm, got {nsd_tolerance_mm}")
+    nsd_tolerance_mm = check_nsd_tolerance(study_nsd_tolerance(study) if nsd_tolerance_mm is None
+                                           else nsd_tolerance_mm)
     dataset_json, gt_folder = _find_dataset_json(study, study_dir)
     names = _label_names(dataset_json)
     pancreas = pancreas_key(names)
@@ -1219,6 +1420,9 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                           "a_label": _row_label(a_spec), "b_label": _row_label(b_spec)})
                 ttests.append(t)
 
+    positioning_rows = collect_positioning(study_dir, specs, cases_of)
+    positioning = summarise_positioning(positioning_rows, names)
+
     out_dir = study_dir / REPORT_FOLDER
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"study": {k: v for k, v in study.items() if k != "runs"}, "created": _now(),
@@ -1228,18 +1432,110 @@ def report_study(study_dir, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                                            "foreground classes (NaN classes skipped); then mean ± sample std "
                                            "over folds (over cases when one fold)",
                             "ttest": "scipy.stats.ttest_rel over (fold, case) pairs, per alpha"},
-               "runs": runs_out, "aggregates": aggregates, "ttests": ttests}
+               "runs": runs_out, "aggregates": aggregates, "ttests": ttests, "positioning": positioning}
     write_json_atomic(out_dir / "results.json", results)
     _write_csv(out_dir / "results.csv", runs_out)
+    _write_positioning_csv(out_dir / "positioning.csv", positioning_rows)
     table = _table_md(study, aggregates, ttests, metrics, nsd_tolerance_mm, names.get(pancreas) if pancreas else None)
+    table += _per_class_md(aggregates, names, pancreas) + _positioning_md(positioning)
     (out_dir / "table.md").write_text(table)
     plots = _plots(out_dir, aggregates, names)
     n_fin = sum(len(r.get("folds_finished", [])) for r in runs_out)
     n_all = sum(len(r.get("folds_planned", [])) for r in runs_out if not r.get("skipped"))
     log(f"report: {n_fin}/{n_all} (run, fold) finished; {out_dir / 'table.md'}, results.json, results.csv, "
-        f"{len(plots)} plots")
+        f"positioning.csv ({len(positioning_rows)} rows), {len(plots)} plots")
+    if record_dir is not None and Path(record_dir).resolve() != study_dir.resolve():
+        written = export_report(study_dir, Path(record_dir))
+        log(f"report recorded in {record_dir} ({len(written)} files written)")
     return {"folder": str(out_dir), "finished": n_fin, "planned": n_all, "plots": [str(p) for p in plots],
             "table": table, "aggregates": aggregates, "ttests": ttests}
+
+
+def collect_positioning(study_dir: Path, specs: Sequence[RunSpec], cases_of: Dict[str, Dict[int, List[dict]]]
+                        ) -> List[dict]:
+    """positioning.csv rows of the finished folds of the prior runs (from their positioning_fold<f>.json)."""
+    rows = []
+    for s in specs:
+        if s.skipped or s.method not in PRIOR_METHODS:
+            continue
+        for f in sorted(cases_of.get(s.run_id, {})):
+            path = s.folder(study_dir) / f"positioning_fold{f}.json"
+            if not path.is_file():
+                continue
+            for r in json.loads(path.read_text())["rows"]:
+                if r["mode"] in POSITIONING_MODES:
+                    rows.append({"run_id": s.run_id, "fold": f, "case": r["case"], "class_key": r["class_key"],
+                                 "mode": r["mode"], "dice": r["dice"]})
+    return rows
+
+
+def summarise_positioning(rows: List[dict], names: Dict[str, str]) -> List[dict]:
+    """Per run and mode: mean over cases of the per-case mean Dice over organs, per organ, and the positioning
+    efficiency (auto - visual) / (ground_truth - visual) of the means."""
+    out = []
+    for run_id in dict.fromkeys(r["run_id"] for r in rows):
+        mine = [r for r in rows if r["run_id"] == run_id]
+        entry = {"run_id": run_id, "folds": sorted({r["fold"] for r in mine}),
+                 "cases": len({(r["fold"], r["case"]) for r in mine}), "mean": {}, "per_class": {}}
+        for m in POSITIONING_MODES:
+            per_case: Dict[Tuple[int, str], List[float]] = {}
+            for r in mine:
+                if r["mode"] == m and r["dice"] is not None:
+                    per_case.setdefault((r["fold"], r["case"]), []).append(r["dice"])
+            entry["mean"][m] = _num(np.mean([np.mean(v) for v in per_case.values()])) if per_case else None
+            entry["per_class"][m] = {names.get(k, k): _num(np.mean(v)) for k in names
+                                     for v in [[r["dice"] for r in mine if r["mode"] == m and r["class_key"] == k
+                                                and r["dice"] is not None]] if v}
+        mean = entry["mean"]
+        gap = None if None in (mean.get("ground_truth"), mean.get("visual")) else mean["ground_truth"] - mean["visual"]
+        entry["efficiency"] = (_num((mean["auto"] - mean["visual"]) / gap)
+                               if gap and mean.get("auto") is not None else None)
+        out.append(entry)
+    return out
+
+
+def _write_positioning_csv(path: Path, rows: List[dict]) -> None:
+    cols = ["run_id", "fold", "case", "class_key", "mode", "dice"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([r[c] if not (c == "dice" and r[c] is None) else "" for c in cols])
+
+
+def _per_class_md(aggregates: List[dict], names: Dict[str, str], pancreas: Optional[str]) -> str:
+    """Dice per organ (%) of every finished row, one table per alpha (the pancreas column marked)."""
+    done = [a for a in aggregates if not a.get("skipped") and a.get("per_class")]
+    if not done:
+        return ""
+    pname = names.get(pancreas) if pancreas else None
+    cols = list(names.values())
+    lines = ["## Dice per organ (%, mean over validation cases)", ""]
+    for al in sorted({a["alpha"] for a in done}, reverse=True):
+        lines += [f"α = {alpha_str(al)} %", "",
+                  "| method | " + " | ".join(f"**{c}**" if c == pname else c for c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for a in (a for a in done if a["alpha"] == al):
+            vals = [a["per_class"].get(c, {}).get("dice") for c in cols]
+            lines.append(f"| {a['label']} | " + " | ".join("n/a" if v is None else f"{v * 100:.1f}" for v in vals)
+                         + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _positioning_md(summary: List[dict]) -> str:
+    if not summary:
+        return ""
+    lines = ["## Positioning of the prior (Dice %, mean over validation cases of the mean over organs)", "",
+             "| run | cases | visual (no prior) | naive centring | automatic | ground-truth centres | efficiency |",
+             "|---|---|---|---|---|---|---|"]
+    for e in summary:
+        cells = ["n/a" if e["mean"].get(m) is None else f"{e['mean'][m] * 100:.2f}" for m in POSITIONING_MODES]
+        eff = "n/a" if e["efficiency"] is None else f"{e['efficiency']:.2f}"
+        lines.append(f"| {e['run_id']} | {e['cases']} | " + " | ".join(cells) + f" | {eff} |")
+    lines += ["", "Network voxel grid, test-time mirroring on; efficiency = (automatic - visual) / "
+                  "(ground truth - visual). Per case and organ: positioning.csv.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, runs: List[dict]) -> None:
@@ -1307,7 +1603,8 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
               + "; **bold**: best of the column; n/a: not finished; [k/n folds]: only k of n folds finished so far.",
               f"-: {SKIPPED_SAME} (α = 100 % and no imagesUnlabeled: nothing to relabel), as in the paper.", ""]
     if ttests:
-        lines += ["## Paired t-tests (scipy.stats.ttest_rel over validation cases, per α): p-values", ""]
+        lines += ["## Paired tests over validation cases, per α: p-values of the t-test (scipy.stats.ttest_rel) / "
+                  "the Wilcoxon signed-rank test (scipy.stats.wilcoxon)", ""]
         comps = sorted(dict.fromkeys((t["metric"], t["a_label"], t["b_label"]) for t in ttests),
                        key=lambda c: metrics.index(c[0]))     # stable: comparisons in order within a metric
         lines += ["| metric | comparison | " + " | ".join(f"{alpha_str(a)}%" for a in alphas) + " |",
@@ -1321,7 +1618,7 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
                     cells.append("")
                 else:
                     d = "" if t["mean_diff"] is None else f" (Δ {t['mean_diff'] * 100:+.2f}, n={t['n']})"
-                    cells.append(_fmt_p(t["p"]) + d)
+                    cells.append(f"{_fmt_p(t['p'])} / {_fmt_p(t.get('p_wilcoxon'))}{d}")
             lines.append(f"| {metric} | {al_} vs {bl} | " + " | ".join(cells) + " |")
         lines += ["", "Δ: mean paired difference (first minus second) in points (%), n: paired cases; runs "
                       "shown as - are not tested (their counterpart without relabeling is).", ""]

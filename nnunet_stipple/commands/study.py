@@ -14,7 +14,7 @@ PROG = "nnUNetv2_stipple_study"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunet_stipple.benchmarks.study import DEFAULT_NSD_TOLERANCE_MM, METHODS, PROFILES
+    from nnunet_stipple.benchmarks.study import METHODS, PROFILES
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Label-efficiency study of STIPPLE with nnU-Net: every (fold, label proportion alpha, method, "
@@ -49,14 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the runs, their stipple_run.json and commands and the estimate; write nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    run.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
-                     help=f"tolerance of the normalised surface distance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
+    run.add_argument("--record-dir", default=None,
+                     help="keep the study's record here (e.g. docs/results/NAME, committed): runs recorded there "
+                          "count as finished; each run's record files (study.json, run.json, summary.json, "
+                          "NSD and positioning rows, logs) are copied there when it finishes, the report at the end")
+    run.add_argument("--schedule-scale", type=float, default=1,
+                     help="multiply the profile's number of epochs (e.g. 2: check that a longer schedule changes "
+                          "little); one schedule per study folder")
+    run.add_argument("--nsd-tolerance", type=float, default=None,
+                     help="tolerance of the normalised surface distance in mm (default: the profile's, "
+                          f"{', '.join(f'{k} {v.nsd_tolerance_mm:g}' for k, v in PROFILES.items())})")
 
     rep = sub.add_parser("report", help="(re)aggregate whatever has finished into STUDY_DIR/report/",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    rep.add_argument("--study-dir", required=True)
-    rep.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
-                     help="tolerance of the normalised surface distance in mm")
+    rep.add_argument("--study-dir", required=True,
+                     help="study folder, or a record folder (docs/results/NAME): the report is rebuilt from it")
+    rep.add_argument("--record-dir", default=None, help="also copy the report and study.json here")
+    rep.add_argument("--nsd-tolerance", type=float, default=None,
+                     help="tolerance of the normalised surface distance in mm (default: the study's)")
 
     cost = sub.add_parser("cost", help="cost of STIPPLE vs plain nnU-Net (nnunet_stipple.benchmarks.cost), "
                                        "stored as STUDY_DIR/cost.json (used by `run` for its time estimate)",
@@ -89,13 +99,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                folds=args.folds, alphas=args.alphas, methods=args.methods, bins=args.bins,
                                bins_methods=args.bins_methods, plans=args.plans, device=args.device,
                                dry_run=args.dry_run, report=not args.no_report,
-                               nsd_tolerance_mm=args.nsd_tolerance, log=log)
+                               nsd_tolerance_mm=args.nsd_tolerance, schedule_scale=args.schedule_scale,
+                               record_dir=args.record_dir, log=log)
             if res.get("failed"):
                 print(f"{PROG}: {len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (see their "
                       f"train_fold*.log); rerun the same command to retry them.", file=sys.stderr)
                 return 1
         elif args.command == "report":
-            st.report_study(args.study_dir, nsd_tolerance_mm=args.nsd_tolerance, log=log)
+            st.report_study(args.study_dir, nsd_tolerance_mm=args.nsd_tolerance, record_dir=args.record_dir,
+                            log=log)
         else:
             st.run_cost(args.dataset, args.configuration, args.study_dir, plans=args.plans, fold=args.fold,
                         device=args.device, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,

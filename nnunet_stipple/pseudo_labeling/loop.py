@@ -44,6 +44,7 @@ PL_FOLDER = "pseudo_labeling"
 class PseudoLabelLoopMixin:
     """Mix into a trainer that also has :class:`LabelProportionMixin`. Overrides ``run_training``."""
     default_selection = "prior_confidence"
+    round0_trainer: Optional[str] = None   # the trainer without relabeling whose model can be round 0
 
     def _setup_pseudo_labeling(self, dataset_json: dict) -> None:
         self.ignore_label_value, _ = ignore_label_for(dataset_json)
@@ -64,7 +65,9 @@ class PseudoLabelLoopMixin:
 
     def _load_state(self) -> dict:
         path = self.pl_folder / "state.json"
-        settings = {**self.run_config.to_json(), "selection": self.selection_name,
+        # where m0 came from matters only until round 0 exists: not part of what a resume must keep
+        settings = {**{k: v for k, v in self.run_config.to_json().items() if k != "round0_model_folder"},
+                    "selection": self.selection_name,
                     "rounds": self.run_config.effective_rounds, "trainer": self.__class__.__name__}
         if path.is_file():
             state = json.loads(path.read_text())
@@ -117,6 +120,10 @@ class PseudoLabelLoopMixin:
         self.print_to_log_file(f"Pseudo-labeling: {len(unlabeled)} unlabeled cases, T = {rounds}, "
                                f"gamma_max = {self.run_config.gamma_max}, selection = {self.selection_name}, "
                                f"retrain = {self.run_config.retrain}")
+        if 0 not in state["finished_rounds"] and self.run_config.round0_model_folder:
+            self._adopt_round0(self.run_config.round0_model_folder)
+            state["finished_rounds"].append(0)
+            self._save_state(state)
         for t in range(rounds + 1):
             if t in state["finished_rounds"]:
                 continue
@@ -125,6 +132,42 @@ class PseudoLabelLoopMixin:
             state["finished_rounds"].append(t)
             self._save_state(state)
         self._finish_loop(rounds)
+
+
+    def _adopt_round0(self, model_folder: str) -> None:
+        """m0 = a finished training without relabeling of the same fold, data and settings (checked against its
+        checkpoint and the stipple_run.json of its model folder), copied to round_0/checkpoint_final.pth."""
+        from nnunet_stipple.run_config import RELABELING_KEYS, RUN_CONFIG_FILE, RunConfig
+        folder = Path(model_folder)
+        if not folder.is_absolute():
+            folder = Path(self.output_folder_base) / folder
+        path = folder / f"fold_{self.fold}" / "checkpoint_final.pth"
+        where = f"round0_model_folder of {Path(self.output_folder_base) / RUN_CONFIG_FILE}"
+        if not path.is_file():
+            raise StippleInputError(f"{where}: {path} does not exist. Train that model first, or remove "
+                                    f"round0_model_folder to train round 0 here.")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        expected = self.round0_trainer
+        args = ckpt.get("init_args", {})
+        mine = {"trainer": expected, "fold": self.fold, "configuration": self.configuration_name,
+                "plans": self.plans_manager.plans_name}
+        theirs = {"trainer": ckpt.get("trainer_name"), "fold": args.get("fold"),
+                  "configuration": args.get("configuration"), "plans": args.get("plans", {}).get("plans_name")}
+        other = RunConfig.for_output_folder(str(folder)).to_json()
+        ours = self.run_config.to_json()
+        same = [k for k in ours if k not in RELABELING_KEYS and k != "save_every"]   # what m0 learned from
+        mine.update({k: ours[k] for k in same})
+        theirs.update({k: other.get(k) for k in same})
+        differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if expected is None or differ:
+            raise StippleInputError(
+                f"{where}: {path} is not round 0 of this loop: "
+                + ("; ".join(f"{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ)
+                   if expected else f"{type(self).__name__} does not take a round-0 model")
+                + ". Point it at the model folder of the same training without relabeling, or remove it.")
+        with atomic_path(self.round_folder(0) / "checkpoint_final.pth") as tmp:
+            shutil.copyfile(path, tmp)
+        self.print_to_log_file(f"Round 0: m0 is {path} (the same training without relabeling), not retrained")
 
     def _pseudo_labels_on_rank0(self, t: int, unlabeled: List[UnlabeledCase]) -> List[str]:
         if not self.is_ddp:

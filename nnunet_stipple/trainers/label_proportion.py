@@ -8,7 +8,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_stipple.pseudo_labeling.label_proportions import hidden_subset, labeled_subset
-from nnunet_stipple.run_config import RunConfig
+from nnunet_stipple.run_config import SCHEDULE_KEYS, RunConfig
 
 
 class LabelProportionMixin:
@@ -17,7 +17,7 @@ class LabelProportionMixin:
     def _read_run_config(self) -> None:
         self.run_config = RunConfig.for_output_folder(self.output_folder_base)
         rc = self.run_config
-        for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
+        for name in SCHEDULE_KEYS:
             if getattr(rc, name) is not None:
                 setattr(self, name, getattr(rc, name))
 

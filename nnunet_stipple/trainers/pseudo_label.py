@@ -15,6 +15,7 @@ from nnunet_stipple.trainers.stipple_trainer import STIPPLETrainer
 class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
     """STIPPLE: prior-driven training plus pseudo-labels ranked by prior-driven probabilities."""
     default_selection = "prior_confidence"
+    round0_trainer = "STIPPLETrainer"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -44,6 +45,7 @@ class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
 class nnUNetTrainer_PseudoLabel(PseudoLabelLoopMixin, nnUNetTrainer_LabelProportion):
     """Baseline with relabeling: plain nnU-Net, pseudo-labels ranked by the plain softmax (no prior)."""
     default_selection = "max_probability"
+    round0_trainer = "nnUNetTrainer_LabelProportion"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -49,3 +49,4 @@ class STIPPLETrainer_CPUDemo(ShortScheduleMixin, STIPPLETrainer):
 
 class STIPPLETrainer_PseudoLabel_CPUDemo(ShortScheduleMixin, STIPPLETrainer_PseudoLabel):
     """The loop with a handful of iterations per round, for the demo and end-to-end tests on CPU."""
+    round0_trainer = "STIPPLETrainer_CPUDemo"

@@ -95,6 +95,9 @@ class FakeTrainer:
                                 "nnunet_stipple.errors.StippleInputError: B=5 is larger than the depth\n")
             return 1
         val = mdir / f"fold_{fold}" / "validation"
+        val.mkdir(parents=True, exist_ok=True)
+        (mdir / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"not a real checkpoint")
+        (mdir / "dataset.json").write_text((Path(env["nnUNet_preprocessed"]) / dataset / "dataset.json").read_text())
         m = BADNESS[trainer] + (rc.get("num_bins", 5) == 1)
         if rc["label_proportion"] < 0.5 and trainer != "STIPPLETrainer_PseudoLabel":
             m += 1                                       # fewer labels hurt (STIPPLE stays perfect here)
@@ -124,6 +127,25 @@ class FakeTrainer:
         save_summary_json({"metric_per_case": per_case, "mean": means, "foreground_mean": fg},
                           str(val / "summary.json"))
         return 0
+
+
+def fake_positioning(model_folder, fold, checkpoint="checkpoint_final.pth", device="cpu", max_cases=None,
+                     mirroring=False):
+    """Stands in for positioning_eval.evaluate_positioning (which needs a real model): Dice per case, mode and
+    class, worst for 'visual', best for 'ground_truth'; 'auto' halfway."""
+    from nnunet_stipple.benchmarks.positioning_eval import MODES
+    assert mirroring, "the study measures positioning with nnU-Net's test-time mirroring"
+    base = {"visual": 0.2, "naive": 0.3, "components_unchecked": 0.35, "components": 0.4, "auto": 0.5,
+            "ground_truth": 0.8}
+    per_case = {c: {m: {1: base[m], 2: (None if (m == "visual" and c == "case_a") else base[m] / 2)} for m in MODES}
+                for c in SPLITS[fold]["val"]}
+    return {"per_case": per_case, "mean": {m: base[m] * 0.75 for m in MODES}}
+
+
+@pytest.fixture(autouse=True)
+def _fake_positioning(monkeypatch):
+    from nnunet_stipple.benchmarks import positioning_eval
+    monkeypatch.setattr(positioning_eval, "evaluate_positioning", fake_positioning)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,8 +279,13 @@ def test_run_writes_run_configs_env_and_resumes(fake_dataset):
     root = study_dir / "runs" / "10" / "stipple"
     assert call["env"]["nnUNet_results"] == str(root.resolve())
     assert call["env"]["nnUNet_extTrainer"].split(":")[0].endswith("nnunet_ext")
+    # round 0 of the loop is the finished stipple_norelab model of the same fold (trained just before it)
     assert call["run_config"] == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 1000,
-                                  "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50, "num_bins": 5}
+                                  "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50, "num_bins": 5,
+                                  "round0_model_folder": f"../../../stipple_norelab/{DS}/"
+                                                         f"STIPPLETrainer__nnUNetPlans__3d_fullres"}
+    mdir = root / DS / "STIPPLETrainer_PseudoLabel__nnUNetPlans__3d_fullres"
+    assert (mdir / call["run_config"]["round0_model_folder"] / "fold_0" / "checkpoint_final.pth").is_file()
     run_json = json.loads((root / "run.json").read_text())
     assert run_json["trainer"] == "STIPPLETrainer_PseudoLabel"
     assert run_json["folds"]["0"]["status"] == "finished" and run_json["folds"]["1"]["wall_seconds"] >= 0
@@ -420,3 +447,120 @@ def test_nsd_hand_checkable(tmp_path):
     assert st.case_nsd(tmp_path / "x.nii.gz", tmp_path / "gt.nii.gz", ["1"], 1.5)["1"] == pytest.approx(1.0)
     assert st.case_nsd(tmp_path / "z.nii.gz", tmp_path / "gt.nii.gz", ["1"], 1.5)["1"] < 0.9
     assert st.case_nsd(tmp_path / "z.nii.gz", tmp_path / "gt.nii.gz", ["1"], 2.0)["1"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# order of the work, round 0 of the relabeling runs, schedule scale
+# ---------------------------------------------------------------------------------------------------------------
+def test_work_order_priority_alphas_then_folds_then_table_rows():
+    specs = st.plan_runs([100, 30, 10], list(st.METHODS))
+    order = [(s.run_id, f) for s, f in st.work_order(specs, [0, 1], alpha_priority=(10, 100))]
+    assert order[:8] == [("10/plain", 0), ("10/stipple_norelab", 0), ("10/plain_relabel", 0), ("10/stipple", 0),
+                         ("10/plain", 1), ("10/stipple_norelab", 1), ("10/plain_relabel", 1), ("10/stipple", 1)]
+    assert order[8:12] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
+                           ("100/stipple_norelab", 1)]                  # skipped relabel runs are not trained
+    assert [a for a, _ in order[12:]] == ["30/plain", "30/stipple_norelab", "30/plain_relabel", "30/stipple"] * 2
+    # no priority: decreasing alpha
+    assert [s.alpha for s, _ in st.work_order(specs, [0])][0] == 100
+
+
+def test_relabel_run_trains_round0_when_counterpart_is_not_finished(fake_dataset):
+    runner = FakeTrainer(fail={"nnUNetTrainer_LabelProportion"})
+    _run(fake_dataset, runner, methods=["plain", "plain_relabel"], alphas=[10], folds=[0], report=False)
+    call = next(c for c in runner.calls if "nnUNetTrainer_PseudoLabel" in c["cmd"])
+    assert "round0_model_folder" not in call["run_config"]
+
+
+def test_schedule_scale(fake_dataset):
+    runner = FakeTrainer()
+    _run(fake_dataset, runner, methods=["plain"], alphas=[100], folds=[0], schedule_scale=2, report=False)
+    assert runner.calls[0]["run_config"]["num_epochs"] == 2000
+    study = json.loads((fake_dataset["tmp"] / "study/study.json").read_text())
+    assert study["schedule_scale"] == 2 and study["schedule"]["num_epochs"] == 2000
+    with pytest.raises(StippleInputError, match="schedule_scale: study has 2"):
+        _run(fake_dataset, FakeTrainer(), methods=["plain"], alphas=[100], folds=[0], report=False)
+    with pytest.raises(StippleInputError, match="whole number of epochs"):
+        _run(fake_dataset, FakeTrainer(), schedule_scale=0.0001)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the record (docs/results/...): export while running, import on a new machine, report from the record
+# ---------------------------------------------------------------------------------------------------------------
+def test_record_survives_the_machine(fake_dataset, monkeypatch):
+    record = fake_dataset["tmp"] / "docs_results"
+    res = _run(fake_dataset, FakeTrainer(), record_dir=record)
+    assert not res["failed"]
+    first = (fake_dataset["tmp"] / "study/report/results.csv").read_text()
+    assert (record / "report/results.csv").read_text() == first
+    assert (record / "report/positioning.csv").is_file() and (record / "study.json").is_file()
+    assert not list(record.rglob("*.pth")) and not list(record.rglob("*.nii.gz"))
+    # a new machine: a fresh study folder, the record only; nothing is trained again
+    def must_not_train(cmd, env, log_file):
+        raise AssertionError(f"trained again: {cmd}")
+    res2 = st.run_study(DS, "3d_fullres", fake_dataset["tmp"] / "new_machine", profile="paper", folds=[0, 1],
+                        alphas=[100, 10], device="cpu", runner=must_not_train, record_dir=record, log=lambda m: None)
+    assert set(res2["status"].values()) == {"finished"}
+    assert (fake_dataset["tmp"] / "new_machine/report/results.csv").read_text() == first
+    # the report rebuilt from the record folder alone: no predictions, no nnUNet_preprocessed
+    monkeypatch.delenv("nnUNet_preprocessed")
+    (record / "report/results.csv").unlink()
+    rep = st.report_study(record, log=lambda m: None)
+    assert (record / "report/results.csv").read_text() == first and rep["finished"] == 12
+    # a study extended on one machine (another alpha) keeps the rows of the other
+    monkeypatch.setenv("nnUNet_preprocessed", str(fake_dataset["pre"]))
+    runner = FakeTrainer()
+    st.run_study(DS, "3d_fullres", fake_dataset["tmp"] / "third_machine", profile="paper", folds=[0], alphas=[30],
+                 methods=["plain"], device="cpu", runner=runner, record_dir=record, log=lambda m: None,
+                 report=False)
+    rep = st.report_study(fake_dataset["tmp"] / "third_machine", log=lambda m: None)
+    assert len(runner.calls) == 1 and rep["finished"] == 13
+
+
+def test_record_of_another_study_is_refused(fake_dataset):
+    record = fake_dataset["tmp"] / "record"
+    _run(fake_dataset, FakeTrainer(), methods=["plain"], alphas=[10], folds=[0], record_dir=record, report=False)
+    with pytest.raises(StippleInputError, match="another configuration"):
+        st.run_study(DS, "3d_fullres", fake_dataset["tmp"] / "other", profile="paper", plans="nnUNetResEncUNetMPlans",
+                     runner=FakeTrainer(), record_dir=record, log=lambda m: None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# positioning quality and paired tests in the report
+# ---------------------------------------------------------------------------------------------------------------
+def test_positioning_rows_and_summary(fake_dataset):
+    _run(fake_dataset, FakeTrainer(), methods=["plain", "stipple_norelab", "stipple"], alphas=[10])
+    study_dir = fake_dataset["tmp"] / "study"
+    rows = list(csv.DictReader(open(study_dir / "report/positioning.csv")))
+    assert list(rows[0]) == ["run_id", "fold", "case", "class_key", "mode", "dice"]
+    # 2 prior runs x 4 validation cases x 4 modes x 2 classes; plain has no prior
+    assert len(rows) == 2 * 4 * 4 * 2 and {r["run_id"] for r in rows} == {"10/stipple_norelab", "10/stipple"}
+    assert {r["mode"] for r in rows} == {"visual", "naive", "auto", "ground_truth"}
+    empty = [r for r in rows if r["dice"] == ""]
+    assert {(r["case"], r["mode"], r["class_key"]) for r in empty} == {("case_a", "visual", "2")}
+    summary = json.loads((study_dir / "report/results.json").read_text())["positioning"]
+    e = next(e for e in summary if e["run_id"] == "10/stipple")
+    # per case: mean over organs; case_a's visual has only class 1 (0.2), the others (0.2 + 0.1) / 2
+    assert e["mean"]["visual"] == pytest.approx((0.2 + 3 * 0.15) / 4)
+    assert e["mean"]["auto"] == pytest.approx(0.375) and e["mean"]["ground_truth"] == pytest.approx(0.6)
+    assert e["efficiency"] == pytest.approx((0.375 - e["mean"]["visual"]) / (0.6 - e["mean"]["visual"]))
+    assert e["per_class"]["auto"]["liver"] == pytest.approx(0.5)
+    table = (study_dir / "report/table.md").read_text()
+    assert "## Positioning of the prior" in table and "| 10/stipple | 4 |" in table
+    assert "## Dice per organ" in table and "| **pancreas** |" in table
+    # written once, while the model exists: a rerun does not measure again
+    written = (study_dir / "runs/10/stipple/positioning_fold0.json").read_text()
+    _run(fake_dataset, FakeTrainer(), methods=["plain", "stipple_norelab", "stipple"], alphas=[10])
+    assert (study_dir / "runs/10/stipple/positioning_fold0.json").read_text() == written
+
+
+def test_paired_tests_match_scipy():
+    from scipy.stats import wilcoxon
+    a = {(0, "a"): 0.5, (0, "b"): 0.7, (1, "c"): 0.6, (1, "d"): float("nan"), (1, "e"): 0.9}
+    b = {(0, "a"): 0.4, (0, "b"): 0.75, (1, "c"): 0.3, (1, "d"): 0.2, (1, "e"): 0.5}
+    t = st.paired_ttest(a, b)
+    keys = [(0, "a"), (0, "b"), (1, "c"), (1, "e")]
+    x, y = [a[k] for k in keys], [b[k] for k in keys]
+    assert t["n"] == 4 and t["p"] == pytest.approx(ttest_rel(x, y).pvalue)
+    assert t["p_wilcoxon"] == pytest.approx(wilcoxon(x, y).pvalue) and t["w"] == pytest.approx(wilcoxon(x, y).statistic)
+    same = st.paired_ttest({(0, "a"): 0.5, (0, "b"): 0.5}, {(0, "a"): 0.5, (0, "b"): 0.5})
+    assert same["p_wilcoxon"] is None

@@ -37,15 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                      help=f"methods among {', '.join(METHODS)} (default: all)")
     run.add_argument("--bins", nargs="+", type=int, default=None,
-                     help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: the profile's: 5 for paper, 3 for cpu-small)")
+                     help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: the "
+                          "profile's: " + ", ".join(f"{k} {v.bins}" for k, v in PROFILES.items()) + ")")
     run.add_argument("--bins-methods", nargs="+", default=["stipple_norelab"], metavar="METHOD",
                      help="prior methods that get one run per B (default stipple_norelab); other prior methods use "
                           "B = 5 (or the first B)")
     run.add_argument("-p", "--plans", default=None,
-                     help="plans identifier (default: the profile's: nnUNetPlans for paper, nnUNetPlans_cpusmall "
-                          "for cpu-small)")
+                     help="plans identifier (default: the profile's: "
+                          + ", ".join(f"{k} {v.plans}" for k, v in PROFILES.items()) + ")")
     run.add_argument("-device", "--device", choices=["cpu", "cuda"], default=None,
-                     help="device of nnUNetv2_train (default: cpu for cpu-small, cuda for paper)")
+                     help="device of nnUNetv2_train (default: the profile's: "
+                          + ", ".join(f"{k} {v.device}" for k, v in PROFILES.items()) + ")")
     run.add_argument("--dry-run", action="store_true",
                      help="print the runs, their stipple_run.json and commands and the estimate; write nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")

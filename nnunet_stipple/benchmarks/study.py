@@ -1422,6 +1422,7 @@ def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir
 
     positioning_rows = collect_positioning(study_dir, specs, cases_of)
     positioning = summarise_positioning(positioning_rows, names)
+    pseudo_labels = collect_pseudo_label_quality(study_dir, study, specs, cases_of, names)
 
     out_dir = study_dir / REPORT_FOLDER
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1432,12 +1433,14 @@ def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir
                                            "foreground classes (NaN classes skipped); then mean ± sample std "
                                            "over folds (over cases when one fold)",
                             "ttest": "scipy.stats.ttest_rel over (fold, case) pairs, per alpha"},
-               "runs": runs_out, "aggregates": aggregates, "ttests": ttests, "positioning": positioning}
+               "runs": runs_out, "aggregates": aggregates, "ttests": ttests, "positioning": positioning,
+               "pseudo_labels": pseudo_labels}
     write_json_atomic(out_dir / "results.json", results)
     _write_csv(out_dir / "results.csv", runs_out)
     _write_positioning_csv(out_dir / "positioning.csv", positioning_rows)
     table = _table_md(study, aggregates, ttests, metrics, nsd_tolerance_mm, names.get(pancreas) if pancreas else None)
-    table += _per_class_md(aggregates, names, pancreas) + _positioning_md(positioning)
+    table += (_per_class_md(aggregates, names, pancreas) + _positioning_md(positioning)
+              + _pseudo_labels_md(pseudo_labels))
     (out_dir / "table.md").write_text(table)
     plots = _plots(out_dir, aggregates, names)
     n_fin = sum(len(r.get("folds_finished", [])) for r in runs_out)
@@ -1492,6 +1495,42 @@ def summarise_positioning(rows: List[dict], names: Dict[str, str]) -> List[dict]
                                if gap and mean.get("auto") is not None else None)
         out.append(entry)
     return out
+
+
+def collect_pseudo_label_quality(study_dir: Path, study: dict, specs: Sequence[RunSpec],
+                                 cases_of: Dict[str, Dict[int, List[dict]]], names: Dict[str, str]) -> List[dict]:
+    """Per relabeling run, finished fold and round: voxels added and their precision / recall against the hidden
+    labels (pooled over classes and per class), from the loop's ``round_<t>/round_log.json``."""
+    out = []
+    for s in specs:
+        if s.skipped or s.method not in RELABEL_COUNTERPART:
+            continue
+        mdir = model_folder(s.folder(study_dir), study["dataset"], s.trainer, study["plans"], study["configuration"])
+        for f in sorted(cases_of.get(s.run_id, {})):
+            for log_file in sorted((mdir / f"fold_{f}" / "pseudo_labeling").glob("round_*/round_log.json")):
+                lg = json.loads(log_file.read_text())
+                pooled = lg.get("quality_pooled") or {}
+                out.append({"run_id": s.run_id, "fold": f, "round": lg["round"], "gamma": lg["gamma"],
+                            "cases": lg["cases"], "voxels_added": lg["voxels_added"],
+                            "precision": pooled.get("precision"), "recall": pooled.get("recall"),
+                            "per_class": {names.get(k, k): {"precision": v.get("precision"),
+                                                            "recall": v.get("recall"), "added": v.get("added")}
+                                          for k, v in (lg.get("quality_per_class") or {}).items()}})
+    return out
+
+
+def _pseudo_labels_md(rows: List[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["## Pseudo-labels against the hidden labels (pooled over organs)", "",
+             "| run | fold | round | γ | cases | voxels added | precision | recall |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pr = "n/a" if r["precision"] is None else f"{r['precision']:.3f}"
+        rc = "n/a" if r["recall"] is None else f"{r['recall']:.3f}"
+        lines.append(f"| {r['run_id']} | {r['fold']} | {r['round']} | {r['gamma']:.2f} | {r['cases']} | "
+                     f"{r['voxels_added']} | {pr} | {rc} |")
+    lines += ["", "Recall counts the hidden organ voxels that received their true label; per organ in results.json.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def _write_positioning_csv(path: Path, rows: List[dict]) -> None:

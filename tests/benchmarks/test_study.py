@@ -98,6 +98,15 @@ class FakeTrainer:
         val.mkdir(parents=True, exist_ok=True)
         (mdir / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"not a real checkpoint")
         (mdir / "dataset.json").write_text((Path(env["nnUNet_preprocessed"]) / dataset / "dataset.json").read_text())
+        if trainer.endswith("PseudoLabel"):     # the loop's round log (precision / recall of the added voxels)
+            log = mdir / f"fold_{fold}" / "pseudo_labeling" / "round_1" / "round_log.json"
+            log.parent.mkdir(parents=True)
+            q = {"1": {"added": 80, "gt_voxels": 100, "true_positive": 60, "precision": 0.75, "recall": 0.6},
+                 "2": {"added": 20, "gt_voxels": 50, "true_positive": 20, "precision": 1.0, "recall": 0.4}}
+            log.write_text(json.dumps({"round": 1, "gamma": 0.7, "cases": 2, "voxels_added": 100,
+                                       "voxels_added_per_class": {"1": 80, "2": 20}, "quality_per_class": q,
+                                       "quality_pooled": {"added": 100, "gt_voxels": 150, "true_positive": 80,
+                                                          "precision": 0.8, "recall": 80 / 150}}))
         m = BADNESS[trainer] + (rc.get("num_bins", 5) == 1)
         if rc["label_proportion"] < 0.5 and trainer != "STIPPLETrainer_PseudoLabel":
             m += 1                                       # fewer labels hurt (STIPPLE stays perfect here)
@@ -551,6 +560,16 @@ def test_positioning_rows_and_summary(fake_dataset):
     written = (study_dir / "runs/10/stipple/positioning_fold0.json").read_text()
     _run(fake_dataset, FakeTrainer(), methods=["plain", "stipple_norelab", "stipple"], alphas=[10])
     assert (study_dir / "runs/10/stipple/positioning_fold0.json").read_text() == written
+
+
+def test_pseudo_label_quality_in_report(fake_dataset):
+    _run(fake_dataset, FakeTrainer(), methods=["plain", "plain_relabel"], alphas=[10])
+    results = json.loads((fake_dataset["tmp"] / "study/report/results.json").read_text())
+    rows = results["pseudo_labels"]
+    assert [(r["run_id"], r["fold"], r["round"]) for r in rows] == [("10/plain_relabel", 0, 1), ("10/plain_relabel", 1, 1)]
+    assert rows[0]["precision"] == 0.8 and rows[0]["per_class"]["pancreas"]["recall"] == 0.4
+    table = (fake_dataset["tmp"] / "study/report/table.md").read_text()
+    assert "| 10/plain_relabel | 0 | 1 | 0.70 | 2 | 100 | 0.800 | 0.533 |" in table
 
 
 def test_paired_tests_match_scipy():

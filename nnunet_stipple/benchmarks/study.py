@@ -93,6 +93,7 @@ class Profile:
     alpha_priority: Tuple[float, ...] = ()   # label proportions trained first, in this order (then the rest)
     device: str = "cuda"              # device of the trainings unless --device is given
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    seconds_per_iteration: Optional[float] = None   # measured on the profile's device (time estimates)
 
     @property
     def schedule(self) -> dict:
@@ -124,7 +125,9 @@ PROFILES: Dict[str, Profile] = {
                       description="nnU-Net's 2d plans reduced for a 2-core CPU (batch 8, 5 stages, 16-256 "
                                   "features), 40 epochs x 250 iterations, folds 0 and 1, alpha = 100/30/10 %, B = 5",
                       reduction=NetworkReduction(batch_size=8, n_stages=5, base_features=16, max_features=256),
-                      save_every=1, alpha_priority=(10.0, 100.0, 30.0), device="cpu", nsd_tolerance_mm=5.0),
+                      save_every=1, alpha_priority=(10.0, 100.0, 30.0), device="cpu", nsd_tolerance_mm=5.0,
+                      # 76 s per 250-iteration epoch on 2 quiet cores (Dataset102, 2026-12-02), validation included
+                      seconds_per_iteration=0.3),
     # The same comparison on one GPU within a few minutes per training (scripts/gpu_study.sh): nnU-Net's own 2d
     # plans (batch and network as planned), a short schedule, fold 0, alpha = 10 and 100 %.
     "gpu-2d": Profile("gpu-2d", num_epochs=10, num_iterations_per_epoch=50, num_val_iterations_per_epoch=5,
@@ -654,13 +657,22 @@ def check_same_study(existing: dict, dataset_name: str, configuration: str, plan
 # ---------------------------------------------------------------------------------------------------------------
 # estimates
 # ---------------------------------------------------------------------------------------------------------------
-def trainings_per_fold(spec: RunSpec) -> int:
-    """nnU-Net trainings of one fold of a run: 1, or 1 + T rounds for the relabel methods."""
+def trainings_per_fold(spec: RunSpec, round0_reused: bool = False) -> int:
+    """nnU-Net trainings of one fold of a run: 1, or 1 + T rounds for the relabel methods (T when round 0 is
+    the model of the counterpart run without relabeling)."""
     if spec.skipped:
         return 0
     if spec.method in RELABEL_COUNTERPART:
-        return 1 + RunConfig(label_proportion=spec.alpha / 100).effective_rounds
+        return (0 if round0_reused else 1) + RunConfig(label_proportion=spec.alpha / 100).effective_rounds
     return 1
+
+
+def _round0_reused(spec: RunSpec, specs: Sequence[RunSpec]) -> bool:
+    """Whether the study also trains the counterpart whose model becomes this relabeling run's round 0."""
+    if spec.method not in RELABEL_COUNTERPART:
+        return False
+    other = RunSpec(spec.alpha, RELABEL_COUNTERPART[spec.method], spec.bins, "").run_id
+    return any(s.run_id == other and not s.skipped for s in specs)
 
 
 def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, device: str,
@@ -672,7 +684,7 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
     (same device), else a rough throughput guess from the patch and batch size. Validation iterations count
     as 1/3 of a training iteration; nnU-Net's final validation and pseudo-label predictions as sliding-window
     passes with 8 mirrorings (3D)."""
-    trainings = sum(trainings_per_fold(s) for s in specs) * len(folds)
+    trainings = sum(trainings_per_fold(s, _round0_reused(s, specs)) for s in specs) * len(folds)
     out = {"runs": sum(1 for s in specs if not s.skipped) * len(folds), "trainings": trainings,
            "skipped_runs": [s.run_id for s in specs if s.skipped]}
     if not plans_config:
@@ -685,6 +697,9 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
     if measured:
         s_plain, s_stipple = measured["plain"], measured["stipple"]
         source = "measured (cost.json)"
+    elif profile.seconds_per_iteration and device == profile.device:
+        s_plain = s_stipple = profile.seconds_per_iteration
+        source = "the profile's measured figure"
     else:
         ncpu = os.cpu_count() or 2
         # voxel-samples / s, forward + backward + augmentation; CPU: measured with nnU-Net's 3D U-Nets on
@@ -710,10 +725,11 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
         it = s_stipple if s.method in PRIOR_METHODS else s_plain
         per_case_pred = tiles * mirrors * it / batch / 3 + per_case
         epoch = (profile.num_iterations_per_epoch + profile.num_val_iterations_per_epoch / 3) * it + per_epoch
-        per_fold = trainings_per_fold(s) * (startup + profile.num_epochs * epoch) + n_val * per_case_pred
+        n_trainings = trainings_per_fold(s, _round0_reused(s, specs))
+        per_fold = n_trainings * (startup + profile.num_epochs * epoch) + n_val * per_case_pred
         if s.method in RELABEL_COUNTERPART:
             hidden = round(n_tr * (1 - s.alpha / 100))
-            per_fold += (trainings_per_fold(s) - 1) * hidden * per_case_pred
+            per_fold += trainings_per_fold(s, round0_reused=True) * hidden * per_case_pred   # one prediction per round
         total += per_fold * len(folds)
     out.update({"seconds": total, "seconds_per_iteration": {"plain": s_plain, "stipple": s_stipple},
                 "seconds_per_iteration_source": source, "patch_size": patch, "batch_size": batch})
@@ -954,7 +970,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
         + ("" if unlabeled else "; no imagesUnlabeled: relabel methods at 100 % are skipped (same as without "
                                 "relabeling)"))
     log(f"  {est['runs']} runs x folds, {est['trainings']} nnU-Net trainings "
-        f"(relabel methods train 1 + T models)"
+        f"(relabel methods train T models after the round 0 of their counterpart, 1 + T alone)"
         + (f"; rough time estimate {format_duration(est['seconds'])} on {device} "
            f"({est['seconds_per_iteration_source']}: {est['seconds_per_iteration']['plain']:.2f} s/iteration, "
            f"patch {est['patch_size']}, batch {est['batch_size']})" if "seconds" in est else ""))

@@ -210,9 +210,12 @@ def test_trainings_count():
     specs = st.plan_runs([100, 70, 10], list(st.METHODS))
     # 100: plain, stipple_norelab (relabel skipped); 70: 2 + 2 x (1 + 2 rounds); 10: 2 + 2 x (1 + 1)
     assert sum(st.trainings_per_fold(s) for s in specs) == 2 + (2 + 6) + (2 + 4)
+    # in a study the counterparts are trained too: their models are the relabeling runs' round 0
     est = st.estimate(specs, [0, 1], st.PROFILES["cpu-small"], "cpu",
                       {"patch_size": [32, 64, 64], "batch_size": 2, "median_image_size_in_voxels": [40, 90, 90]})
-    assert est["trainings"] == 2 * 16 and est["seconds"] > 0
+    assert est["trainings"] == 2 * (2 + (2 + 4) + (2 + 2)) and est["seconds"] > 0
+    alone = [s for s in specs if s.run_id == "10/stipple"]
+    assert st.estimate(alone, [0], st.PROFILES["cpu-small"], "cpu")["trainings"] == 2
 
 
 def test_coarse_target_spacing():

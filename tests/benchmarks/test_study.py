@@ -258,9 +258,9 @@ def test_dry_run_cli(fake_dataset, capsys):
     assert "100/plain_relabel" in out and "skipped: same as without relabeling (= 100/plain)" in out
     assert "10/stipple_norelab_B1" in out and '"num_bins": 1' in out
     assert "nnUNetv2_train" in out and f"{DS} 3d_fullres 0 -tr STIPPLETrainer_PseudoLabel -p nnUNetPlans --c -device cpu" in out
-    # 100: plain + norelab B1 + norelab B5 (relabel skipped); 10: plain + relabel (1 + 1 round) + norelab B1
-    # + norelab B5 + stipple (1 + 1 round)
-    assert "8 runs x folds, 10 nnU-Net trainings" in out
+    # 100: plain + norelab B1 + norelab B5 (relabel skipped); 10: plain + relabel (1 round; round 0 = plain)
+    # + norelab B1 + norelab B5 + stipple (1 round; round 0 = norelab B5)
+    assert "8 runs x folds, 8 nnU-Net trainings" in out
     assert "rough time estimate" in out
 
 

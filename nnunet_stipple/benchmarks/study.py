@@ -645,8 +645,8 @@ def check_same_study(existing: dict, dataset_name: str, configuration: str, plan
     mine = {"dataset": dataset_name, "configuration": configuration, "plans": plans, "profile": profile}
     if schedule_scale is not None:
         mine["schedule_scale"] = schedule_scale
-    diff = {k: (existing.get(k, 1 if k == "schedule_scale" else None), v) for k, v in mine.items()
-            if existing.get(k, 1 if k == "schedule_scale" else None) != v}
+    have = {"schedule_scale": 1, **existing}     # study folders from before the option ran at scale 1
+    diff = {k: (have.get(k), v) for k, v in mine.items() if have.get(k) != v}
     if diff:
         what = "; ".join(f"{k}: study has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise StippleInputError(f"{Path(study_dir) / STUDY_FILE} is a study folder from another configuration "

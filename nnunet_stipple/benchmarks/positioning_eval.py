@@ -34,6 +34,7 @@ def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
 
 def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkpoint_final.pth",
                          device: str = "cpu", max_cases: int = None, mirroring: bool = False) -> dict:
+    from nnunet_stipple.inference.api import stipple_trainers_findable
     from nnunet_stipple.inference.predictor import STIPPLEPredictor
     from nnunet_stipple.positioning.place import centres_from_label
     from nnunet_stipple.priors.build import open_preprocessed, training_cases_of_fold, dataset_class_for
@@ -42,7 +43,8 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                  device=torch.device(device), perform_everything_on_device=device == "cuda",
                                  allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, [fold], checkpoint)
+    with stipple_trainers_findable():     # nnU-Net looks the trainer class up through nnUNet_extTrainer
+        predictor.initialize_from_trained_model_folder(model_folder, [fold], checkpoint)
     params = predictor.list_of_parameters[0]
     prior = predictor._prior_for(params)
     configuration = Path(model_folder).name.split("__")[-1]

@@ -7,7 +7,7 @@ nnU-Net's stipple_run.json, dataset.json, plans.json, and per finished fold the 
 training logs, progress.png and the pseudo-labeling round logs; plus the report. No checkpoint, no image.
 
 * :func:`export_run` copies a run's record files into the record folder (folds that are not finished are left
-  out), :func:`export_report` the report and study.json;
+  out), :func:`export_report` the report, study.json and cost.json;
 * :func:`import_record` copies record files that the study folder lacks into it, so that a study started on a
   new machine treats the recorded runs as finished and trains only the missing ones. Nothing existing is
   overwritten in either direction except the record's own copy of a file that changed in the study folder.
@@ -27,6 +27,7 @@ from nnunet_stipple.atomic import atomic_path
 # glob patterns relative to the study folder (fnmatch: '*' also matches '/')
 RECORD_FILES = (
     "study.json",
+    "cost.json",
     "runs/*/*/run.json",
     "runs/*/*/nsd_fold*_tol*mm.json",
     "runs/*/*/positioning_fold*.json",
@@ -100,8 +101,8 @@ def export_run(study_dir: Path, record_dir: Path, run_folder: str, finished_fold
 
 
 def export_report(study_dir: Path, record_dir: Path) -> List[str]:
-    """study.json and the report folder into the record folder."""
-    files = [rel for rel in record_files(study_dir) if rel == "study.json" or rel.startswith("report/")]
+    """study.json, cost.json and the report folder into the record folder."""
+    files = [rel for rel in record_files(study_dir) if rel in ("study.json", "cost.json") or rel.startswith("report/")]
     return export_files(study_dir, record_dir, files)
 
 

@@ -1002,7 +1002,11 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
         if st == "failed":
             failed.append(f"{s.run_id}/fold_{f}")
             continue
-        record_positioning(s, f, study_dir, dataset_name, plans, configuration, device, log)
+        try:
+            record_positioning(s, f, study_dir, dataset_name, plans, configuration, device, log)
+        except Exception as e:  # noqa: BLE001 - a failed measurement must not stop the remaining trainings
+            log(f"[{s.run_id} fold {f}] positioning quality FAILED ({type(e).__name__}: {e}); the next run of "
+                f"the study retries it while the model exists")
         if record_dir is not None:
             mdir = model_folder(s.folder(study_dir), dataset_name, s.trainer, plans, configuration)
             done = [g for g in folds if fold_finished(mdir, g)]
@@ -1456,7 +1460,7 @@ def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir
     _write_positioning_csv(out_dir / "positioning.csv", positioning_rows)
     table = _table_md(study, aggregates, ttests, metrics, nsd_tolerance_mm, names.get(pancreas) if pancreas else None)
     table += (_per_class_md(aggregates, names, pancreas) + _positioning_md(positioning)
-              + _pseudo_labels_md(pseudo_labels))
+              + _pseudo_labels_md(pseudo_labels) + _runs_md(runs_out))
     (out_dir / "table.md").write_text(table)
     plots = _plots(out_dir, aggregates, names)
     n_fin = sum(len(r.get("folds_finished", [])) for r in runs_out)
@@ -1464,7 +1468,12 @@ def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir
     log(f"report: {n_fin}/{n_all} (run, fold) finished; {out_dir / 'table.md'}, results.json, results.csv, "
         f"positioning.csv ({len(positioning_rows)} rows), {len(plots)} plots")
     if record_dir is not None and Path(record_dir).resolve() != study_dir.resolve():
-        written = export_report(study_dir, Path(record_dir))
+        written = []
+        for r in runs_out:     # the NSD computed now belongs to the runs' records
+            if not r.get("skipped") and r.get("folds_finished"):
+                run_folder = RunSpec.from_json(r).folder(study_dir).relative_to(study_dir).as_posix()
+                written += export_run(study_dir, Path(record_dir), run_folder, r["folds_finished"])
+        written += export_report(study_dir, Path(record_dir))
         log(f"report recorded in {record_dir} ({len(written)} files written)")
     return {"folder": str(out_dir), "finished": n_fin, "planned": n_all, "plots": [str(p) for p in plots],
             "table": table, "aggregates": aggregates, "ttests": ttests}
@@ -1625,8 +1634,14 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
              f"profile {study['profile']}", ""]
     if study.get("reduced_vs_paper"):
         red = "; ".join(f"{k}: {v.get('used') if isinstance(v, dict) and 'used' in v else v}"
-                        for k, v in study["reduced_vs_paper"].items() if k != "network_input")
+                        for k, v in study["reduced_vs_paper"].items() if k not in ("network_input", "network"))
         lines += [f"Reduced compared with the paper protocol: {red}.", ""]
+        network = study["reduced_vs_paper"].get("network")
+        if network:
+            changes = ", ".join(f"{k} {v['nnunet']} → {v['used']}" for k, v in network["changed"].items()
+                                if k in ("batch_size", "n_stages", "features_per_stage"))
+            lines += [f"Network and batch (plans derived from nnU-Net's {network['derived_from']}, same preprocessed "
+                      f"data): {changes}.", ""]
     any_case_std = any(isinstance(a.get(m), dict) and a[m].get("std_over") == "cases"
                        for a in aggregates for m in metrics)
     for m in metrics:
@@ -1677,7 +1692,24 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
             lines.append(f"| {metric} | {al_} vs {bl} | " + " | ".join(cells) + " |")
         lines += ["", "Δ: mean paired difference (first minus second) in points (%), n: paired cases; runs "
                       "shown as - are not tested (their counterpart without relabeling is).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def _runs_md(runs: List[dict]) -> str:
+    """Wall time, machine and commit of every finished (run, fold)."""
+    lines = ["## Runs", "", "| run | fold | wall time | machine | git commit |", "|---|---|---|---|---|"]
+    for r in runs:
+        if r.get("skipped"):
+            continue
+        mach = r.get("machine") or {}
+        where = f"{mach.get('cpu_count')} CPU cores" + (f", {mach['gpu']}" if mach.get("gpu") else "")
+        for f in r.get("folds_finished", []):
+            wall = (r.get("wall_seconds") or {}).get(str(f))
+            lines.append(f"| {r['run_id']} | {f} | {'n/a' if wall is None else format_duration(wall)} | "
+                         f"{mach.get('device', 'n/a')}, {where} | {str(r.get('git_commit'))[:12]} |")
+    lines += ["", "Wall time: all attempts of that fold (training, nnU-Net's final validation); a relabeling run's "
+                  "includes its pseudo-labels and retraining, not the round 0 taken from its counterpart.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def _plots(out_dir: Path, aggregates: List[dict], names: Dict[str, str]) -> List[Path]:

@@ -100,7 +100,7 @@ def torch_device(device: str):
 
 
 @contextmanager
-def _stipple_trainers_findable():
+def stipple_trainers_findable():
     """nnUNet_extTrainer with the STIPPLE trainers folder while the model is set up (restored afterwards)."""
     from nnunet_stipple.paths import EXT_TRAINER_VARIABLE, ensure_ext_trainer_env
     old = os.environ.get(EXT_TRAINER_VARIABLE)
@@ -161,7 +161,7 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
                                  perform_everything_on_device=perform_everything_on_device, device=torch_dev,
                                  verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=allow_tqdm,
                                  report_folder=None if report_folder is None else str(report_folder))
-    with _stipple_trainers_findable():
+    with stipple_trainers_findable():
         predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name=checkpoint_name)
     if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
         print("Running in non-multiprocessing mode")

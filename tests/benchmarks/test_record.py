@@ -11,6 +11,7 @@ MODEL = "runs/10/stipple/Dataset102_BTCVLowres/STIPPLETrainer_PseudoLabel__nnUNe
 
 @pytest.mark.parametrize("path, recorded, fold", [
     ("study.json", True, None),
+    ("cost.json", True, None),
     ("runs/10/stipple/run.json", True, None),
     ("runs/10/stipple/nsd_fold1_tol5mm.json", True, 1),
     ("runs/10/stipple/positioning_fold0.json", True, 0),

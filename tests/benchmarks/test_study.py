@@ -506,7 +506,12 @@ def test_record_survives_the_machine(fake_dataset, monkeypatch):
     assert (record / "report/results.csv").read_text() == first
     assert (record / "report/positioning.csv").is_file() and (record / "study.json").is_file()
     assert not list(record.rglob("*.pth")) and not list(record.rglob("*.nii.gz"))
-    # a new machine: a fresh study folder, the record only; nothing is trained again
+    assert (record / "runs/10/plain/nsd_fold1_tol2mm.json").is_file()      # computed by the report: recorded
+    table = (record / "report/table.md").read_text()
+    assert "## Runs" in table and "| 10/stipple | 1 |" in table
+    # a new machine: a fresh study folder, the record only (models and predictions gone); nothing is trained again
+    import shutil
+    shutil.rmtree(fake_dataset["tmp"] / "study")
     def must_not_train(cmd, env, log_file):
         raise AssertionError(f"trained again: {cmd}")
     res2 = st.run_study(DS, "3d_fullres", fake_dataset["tmp"] / "new_machine", profile="paper", folds=[0, 1],

@@ -113,7 +113,8 @@ def train(argv) -> int:
 
 
 def _fake_cost_worker(kind: str, method: str, args: dict) -> dict:
-    _log({"tool": "cost_worker", "kind": kind, "method": method, "args": args})
+    _log({"tool": "cost_worker", "kind": kind, "method": method, "args": args,
+          "nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer")})
     step = 0.10 if method == "plain" else 0.11
     if kind == "training":
         return {"seconds_per_iteration": step, "all": [step] * args["iterations"], "peak_memory_mb": 100.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -23,9 +24,18 @@ SCRIPT = HERE.parents[1] / "scripts" / "gpu_study.sh"
 DS = "Dataset990_STIPPLEPhantom"
 
 
-def _run(args, env, timeout=120):
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def _run(args, env, timeout=300):
+    """The script in its own process group (the whole group is killed if it hangs)."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"gpu_study.sh {' '.join(map(str, args))} did not end within {timeout} s:\n"
+                    f"{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _fake_bin(folder: Path) -> Path:
@@ -54,7 +64,8 @@ def test_help_and_bad_arguments(tmp_path):
 def test_steps_on_cpu_with_fakes(tmp_path):
     work, out, calls_file = tmp_path / "work", tmp_path / "out", tmp_path / "calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "nnUNet_extTrainer")}
-    env.update(PATH=f"{_fake_bin(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}", GPU_STUDY_FAKE_LOG=str(calls_file),
+    env.update(PATH=f"{_fake_bin(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}",
+               GPU_STUDY_FAKE_LOG=str(calls_file),
                nnUNet_raw="/nonexistent", nnUNet_preprocessed="/nonexistent", nnUNet_results="/nonexistent")
     common = ["--work", work, "--bundle", tmp_path / "no_bundle", "--python", sys.executable, "--device", "cpu",
               "--phantom", "--phantom-args", "--num-labeled 8 --num-unlabeled 0 --shape 16 24 24", "--np", "1",
@@ -80,9 +91,16 @@ def test_steps_on_cpu_with_fakes(tmp_path):
     pre = work / "nnUNet_preprocessed" / DS
     assert (pre / "nnUNetPlans.json").is_file() and (work / "nnUNet_raw" / DS / "dataset.json").is_file()
 
+    # a checkpoint cut short by an interruption is set aside, so that nnU-Net's --c does not fail on it
+    cut = work / "study/runs/10/plain" / DS / "nnUNetTrainer_LabelProportion__nnUNetPlans__2d/fold_0"
+    cut = cut / "checkpoint_latest.pth"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(b"PK\x03\x04 cut short")
     r = _run(common + ["data", "cost", "study", "collect"], env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert f"data: {DS} 2d preprocessed already" in r.stdout
+    assert "checkpoint_latest.pth is unreadable" in r.stdout
+    assert cut.with_name("checkpoint_latest.pth.unreadable").is_file()
     calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
 
     prep = [c for c in calls if c["tool"] == "plan_and_preprocess"]
@@ -96,6 +114,8 @@ def test_steps_on_cpu_with_fakes(tmp_path):
     assert {(c["args"]["device"], c["args"]["configuration"], c["args"]["plans"], c["args"]["dataset"])
             for c in workers} == {("cpu", "2d", "nnUNetPlans", DS)}
     assert next(c for c in workers if c["kind"] == "training")["args"]["iterations"] == 3
+    # nnU-Net looks trainers up in the study process too (cost, positioning quality): nnUNet_extTrainer is set there
+    assert all(c["nnUNet_extTrainer"] and c["nnUNet_extTrainer"].endswith("nnunet_ext") for c in workers)
 
     trains = [c for c in calls if c["tool"] == "train"]
     runs = [Path(c["nnUNet_results"]).relative_to(work / "study" / "runs").as_posix() for c in trains]
@@ -118,7 +138,8 @@ def test_steps_on_cpu_with_fakes(tmp_path):
     required = {"study.json", "cost.json", "gpu_study_environment.json", "report/table.md", "report/results.json"}
     for run, trainer in models.items():
         mdir = f"runs/{run}/{DS}/{trainer}__nnUNetPlans__2d"
-        required |= {f"runs/{run}/run.json", f"{mdir}/stipple_run.json", f"{mdir}/fold_0/validation/summary.json"}
+        required |= {f"runs/{run}/run.json", f"runs/{run}/nsd_fold0_tol5mm.json", f"{mdir}/stipple_run.json",
+                     f"{mdir}/fold_0/validation/summary.json"}
     assert required <= files, sorted(required - files)
     assert not [f for f in files if f.endswith((".pth", ".nii.gz", ".log", ".b2nd"))], sorted(files)
     study = json.loads((rec / "study.json").read_text())

@@ -1,4 +1,9 @@
-"""Atomic writes: a file appears complete or not at all, so an interrupted run never leaves half an artefact."""
+"""Atomic writes: a file appears complete or not at all, so an interrupted run never leaves half an artefact.
+
+Temporary files and folders come from :mod:`tempfile`, which creates them readable by their owner only (0600 /
+0700); they get the permissions of a plainly created file or folder (0666 / 0777 less the umask, as nnU-Net's own
+files) before they are renamed into place, so colleagues sharing ``nnUNet_preprocessed`` can read them.
+"""
 import json
 import os
 import tempfile
@@ -7,6 +12,32 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux: setting it to read it would race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: "str | os.PathLike") -> None:
+    """Give ``path`` the mode a plain ``open`` / ``mkdir`` would have given it."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~current_umask())
+
+
+def make_temp_dir(prefix: str, dir: "str | os.PathLike") -> Path:
+    """A new temporary folder in ``dir`` with the umask's permissions (to be renamed into place when complete)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    apply_umask(path)
+    return path
 
 
 @contextmanager
@@ -19,6 +50,7 @@ def atomic_path(target: "str | os.PathLike") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        apply_umask(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -11,6 +11,8 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional
@@ -18,12 +20,38 @@ from typing import List, Optional
 from nnunet_stipple.errors import StippleInputError
 
 RUN_CONFIG_FILE = "stipple_run.json"
+# fold_<f>/<this>: the settings the fold was trained with (written when its training starts)
+TRAINED_SETTINGS_FILE = "stipple_run_trained.json"
 # settings that set the nnU-Net trainer attribute of the same name (the training schedule)
 SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every")
 # settings that only concern the relabeling rounds: a model trained without relabeling can be round 0 of a loop
 # whose other settings equal its own
 RELABELING_KEYS = ("rounds", "gamma_max", "selection", "include_background", "retrain", "unlabeled_sources",
                    "round0_model_folder")
+UNLABELED_SOURCES = ("hidden", "imagesUnlabeled")
+# settings every trained model learned from: a resume (--c) with other values is refused
+LEARNED_FROM_KEYS = ("label_proportion", "label_seed", "num_bins")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_integer(source: str, name: str, value, minimum: Optional[int], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not _is_integer(value) or (minimum is not None and value < minimum):
+        what = "an integer" + (f" >= {minimum}" if minimum is not None else "") + (" or null" if optional else "")
+        raise StippleInputError(f"{source}: {name} must be {what}, got {value!r}")
+
+
+def _check_number(source: str, name: str, value, lower: float, upper: float, lower_open: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (lower < value if lower_open else lower <= value) and value <= upper
+    if not ok:
+        interval = f"{'(' if lower_open else '['}{lower:g}, {upper:g}]"
+        raise StippleInputError(f"{source}: {name} must be a number in {interval}, got {value!r}")
 
 
 @dataclass
@@ -46,21 +74,37 @@ class RunConfig:
     round0_model_folder: Optional[str] = None
 
     def validate(self, source: str = RUN_CONFIG_FILE) -> "RunConfig":
-        if not 0 < self.label_proportion <= 1:
-            raise StippleInputError(f"{source}: label_proportion must be in (0, 1], got {self.label_proportion}")
-        if self.rounds is not None and self.rounds < 0:
-            raise StippleInputError(f"{source}: rounds must be >= 0, got {self.rounds}")
-        if not 0 < self.gamma_max <= 1:
-            raise StippleInputError(f"{source}: gamma_max must be in (0, 1], got {self.gamma_max}")
-        if self.num_bins is not None and self.num_bins < 1:
-            raise StippleInputError(f"{source}: num_bins must be >= 1, got {self.num_bins}")
-        if self.save_every is not None and (int(self.save_every) != self.save_every or self.save_every < 1):
-            raise StippleInputError(f"{source}: save_every must be an integer >= 1 (epochs), got {self.save_every!r}")
+        """Check every value's type and range once, when the file is read (a trainer reads it in ``__init__``,
+        so a typo stops the run before anything is trained). Raises :class:`StippleInputError` naming ``source``."""
+        _check_number(source, "label_proportion", self.label_proportion, lower=0, lower_open=True, upper=1)
+        _check_integer(source, "label_seed", self.label_seed, minimum=None)
+        _check_integer(source, "rounds", self.rounds, minimum=0, optional=True)
+        _check_number(source, "gamma_max", self.gamma_max, lower=0, lower_open=True, upper=1)
+        if self.selection is not None:
+            from nnunet_stipple.pseudo_labeling.selection import check_selection_options
+            if not isinstance(self.selection, str):
+                raise StippleInputError(f"{source}: selection must be a strategy name (a string) or null, "
+                                        f"got {self.selection!r}")
+            check_selection_options(self.selection, self.include_background, where=source)
+        if not isinstance(self.include_background, bool):
+            raise StippleInputError(f"{source}: include_background must be true or false, got "
+                                    f"{self.include_background!r}")
         if self.retrain not in ("scratch", "finetune"):
             raise StippleInputError(f"{source}: retrain must be 'scratch' or 'finetune', got {self.retrain!r}")
-        bad = set(self.unlabeled_sources) - {"hidden", "imagesUnlabeled"}
+        sources = self.unlabeled_sources
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise StippleInputError(f"{source}: unlabeled_sources must be a list of names, e.g. "
+                                    f'["hidden", "imagesUnlabeled"], got {sources!r}')
+        bad = set(sources) - set(UNLABELED_SOURCES)
         if bad:
-            raise StippleInputError(f"{source}: unknown unlabeled_sources {sorted(bad)} (use 'hidden', 'imagesUnlabeled')")
+            raise StippleInputError(f"{source}: unknown unlabeled_sources {sorted(bad)} "
+                                    f"(use {', '.join(repr(s) for s in UNLABELED_SOURCES)})")
+        _check_integer(source, "num_bins", self.num_bins, minimum=1, optional=True)
+        for name in SCHEDULE_KEYS:   # 0 epochs would train nothing: a schedule value is a count >= 1 or absent
+            _check_integer(source, name, getattr(self, name), minimum=1, optional=True)
+        if self.round0_model_folder is not None and not isinstance(self.round0_model_folder, str):
+            raise StippleInputError(f"{source}: round0_model_folder must be a folder (a string) or null, got "
+                                    f"{self.round0_model_folder!r}")
         return self
 
     @property
@@ -74,6 +118,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = RUN_CONFIG_FILE) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise StippleInputError(f"{source}: expected a JSON object of settings, e.g. "
+                                    f'{{"label_proportion": 0.1}}, got {type(d).__name__}')
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

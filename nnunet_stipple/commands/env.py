@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--check", action="store_true",
-                        help=f"also verify that nnU-Net resolves the trainer '{CHECK_TRAINER}' with the variable set "
-                             f"(in a fresh Python process); prints OK or the error, exit status 1 on failure")
+                        help=f"instead of printing the export line, check whether nnU-Net resolves the trainer "
+                             f"'{CHECK_TRAINER}' in THIS shell (with its current nnUNet_extTrainer, in a fresh Python "
+                             f"process); prints OK, or what is wrong and the line to run, exit status 1 on failure")
     parser.add_argument("--trainer", default=CHECK_TRAINER, help="trainer class name that --check looks up")
     return parser
 
@@ -56,18 +57,26 @@ def shell_double_quote(value: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_stipple.paths import EXT_TRAINER_VARIABLE, ext_trainer_env_value
-    value = ext_trainer_env_value(os.environ.get(EXT_TRAINER_VARIABLE))
-    print(f"export {EXT_TRAINER_VARIABLE}={shell_double_quote(value)}")
-    if args.check:
-        ok, message = check_trainer_lookup(value, args.trainer)
-        if ok:
-            print(f"# OK: nnU-Net resolves {args.trainer} to {message}")
-        else:
-            print(f"{PROG}: error: nnU-Net cannot resolve the trainer {args.trainer} with "
-                  f"{EXT_TRAINER_VARIABLE}={value}: {message}", file=sys.stderr)
-            return 1
-    return 0
+    from nnunet_stipple.paths import EXT_TRAINER_VARIABLE, ext_trainer_dir, ext_trainer_env_value
+    current = os.environ.get(EXT_TRAINER_VARIABLE)
+    if not args.check:
+        print(f"export {EXT_TRAINER_VARIABLE}={shell_double_quote(ext_trainer_env_value(current))}")
+        return 0
+    ok, message = check_trainer_lookup(current or "", args.trainer)
+    if ok:
+        print(f"OK: nnU-Net resolves {args.trainer} to {message} in this shell "
+              f"({EXT_TRAINER_VARIABLE}={current})")
+        return 0
+    if not current:
+        why = f"{EXT_TRAINER_VARIABLE} is not set"
+    elif str(ext_trainer_dir()) not in current.split(os.pathsep):
+        why = f"{EXT_TRAINER_VARIABLE}={current} does not contain {ext_trainer_dir()}"
+    else:
+        why = f"{EXT_TRAINER_VARIABLE}={current}: {message}"
+    print(f"{PROG}: error: nnU-Net cannot find the trainer {args.trainer} in this shell: {why}. Run\n"
+          f'    eval "$({PROG})"\n'
+          f"(and add that line to ~/.bashrc, or source the project's .venv/bin/activate).", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

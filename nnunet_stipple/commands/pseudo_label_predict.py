@@ -15,27 +15,8 @@ import argparse
 import sys
 
 from nnunet_stipple.commands import input_errors_exit
-from nnunet_stipple.errors import StippleInputError
-
-
-def predict_pseudo_label_shard(dataset: str, configuration: str, fold, trainer: str, round_index: int,
-                               num_parts: int = 1, part_id: int = 0, plans: str = "nnUNetPlans",
-                               device: str = "cuda") -> list:
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
-    if not 0 <= part_id < num_parts:
-        raise StippleInputError(f"-part_id must be in 0..{num_parts - 1}, got {part_id}")
-    if round_index < 1:
-        raise StippleInputError(f"--round must be >= 1 (round 0 trains on labeled cases only), got {round_index}")
-    t = get_trainer_from_args(dataset, configuration, fold, trainer, plans, device=torch.device(device))
-    if not isinstance(t, PseudoLabelLoopMixin):
-        raise StippleInputError(f"Trainer {trainer} does not run a pseudo-labeling loop (use e.g. "
-                                f"STIPPLETrainer_PseudoLabel or nnUNetTrainer_PseudoLabel).")
-    rounds = t.run_config.effective_rounds
-    if round_index > rounds:
-        raise StippleInputError(f"--round {round_index} is beyond the run's T = {rounds} rounds.")
-    return t.make_pseudo_labels(round_index, t.unlabeled_cases(), part_id=part_id, num_parts=num_parts)
+from nnunet_stipple.priors.build import parse_fold
+from nnunet_stipple.pseudo_labeling.shard import predict_pseudo_label_shard
 
 
 def main(argv=None) -> int:
@@ -51,9 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("-part_id", type=int, default=0, help="this shard, 0 .. num_parts-1 (default 0)")
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="device (default cuda)")
     a = p.parse_args(argv)
-    fold = a.f if a.f == "all" else int(a.f)
     with input_errors_exit("nnUNetv2_stipple_pseudo_label_predict"):
-        cases = predict_pseudo_label_shard(a.d, a.c, fold, a.tr, a.round, a.num_parts, a.part_id, a.p, a.device)
+        cases = predict_pseudo_label_shard(a.d, a.c, parse_fold(a.f), a.tr, a.round, a.num_parts, a.part_id, a.p, a.device)
     print(f"round {a.round}, shard {a.part_id + 1}/{a.num_parts}: {len(cases)} cases have pseudo-labels")
     return 0
 

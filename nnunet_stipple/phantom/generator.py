@@ -27,6 +27,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from nnunet_stipple.atomic import make_temp_dir
 from nnunet_stipple.errors import StippleInputError
 
 GENERATOR_VERSION = 1
@@ -280,7 +281,7 @@ def make_phantom_dataset(raw_root, dataset_id: int = 990, name: str = "STIPPLEPh
                                 f"dataset id with -d).")
 
     raw_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder_name}.tmp-", dir=raw_root))
+    tmp = make_temp_dir(f".{folder_name}.tmp-", raw_root)
     try:
         # no imagesUnlabeled/ without unlabeled images: an empty folder is an input error for the trainers
         for sub in ("imagesTr", "labelsTr") + (("imagesUnlabeled",) if num_unlabeled else ()):

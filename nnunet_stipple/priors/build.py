@@ -165,8 +165,15 @@ def read_case_boxes(ds: PreprocessedDataset, case_ids: Sequence[str], desc: str 
     allowed = _allowed_values(ds)
     boxes, props, shapes = {}, {}, {}
     for case in tqdm(case_ids, desc=desc, unit="case", disable=len(case_ids) < 2):
-        _, seg, _, properties = dataset.load_case(case)
-        seg = np.asarray(seg[0])
+        try:
+            _, seg, _, properties = dataset.load_case(case)
+            seg = np.asarray(seg[0])
+        except Exception as e:   # blosc2, pickle, numpy and OS errors alike: a damaged or truncated file
+            files = ", ".join(sorted(p.name for p in ds.data_folder.glob(f"{case}[._]*")))
+            raise StippleInputError(
+                f"Cannot read the preprocessed case {case} in {ds.data_folder} ({files or 'no files'}): "
+                f"{type(e).__name__}: {e}. The files are damaged or incomplete; re-run "
+                f"`nnUNetv2_preprocess -d {ds.name} -c {ds.configuration} -plans_name {ds.plans_identifier}`.") from e
         values = set(np.unique(seg).tolist())
         bad = sorted(values - allowed)
         if bad:
@@ -290,7 +297,7 @@ def load_or_build(ds: PreprocessedDataset, fold, num_bins: int = 5,
             if axial_axis is not None and prior.axial_axis != axial_axis:
                 reasons.append("axial axis differs")
             if not reasons:
-                log(f"STIPPLE: reusing the matching prior {path} (--overwrite rebuilds it)")
+                log(f"STIPPLE: reusing the matching prior {path} (nnUNetv2_stipple_build_priors --overwrite rebuilds it)")
                 return prior, path
             log(f"STIPPLE: rebuilding {path} ({', '.join(reasons)})")
         except StippleInputError as e:

@@ -35,8 +35,10 @@ from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.pseudo_labeling.label_files import dataset_json_with_ignore, ignore_label_for
 from nnunet_stipple.pseudo_labeling.quality import added_label_quality, pooled_added_label_quality
 from nnunet_stipple.pseudo_labeling.round_dataset import build_round_folder
-from nnunet_stipple.pseudo_labeling.selection import get_selection_strategy
+from nnunet_stipple.pseudo_labeling.selection import SELECTION_STRATEGIES, check_selection_options, \
+    get_selection_strategy
 from nnunet_stipple.pseudo_labeling.unlabeled import UnlabeledCase, collect_unlabeled_cases
+from nnunet_stipple.run_config import RELABELING_KEYS, RUN_CONFIG_FILE, TRAINED_SETTINGS_FILE, RunConfig
 
 PL_FOLDER = "pseudo_labeling"
 
@@ -45,6 +47,7 @@ class PseudoLabelLoopMixin:
     """Mix into a trainer that also has :class:`LabelProportionMixin`. Overrides ``run_training``."""
     default_selection = "prior_confidence"
     round0_trainer: Optional[str] = None   # the trainer without relabeling whose model can be round 0
+    has_spatial_prior = False              # prior-driven selection strategies need one
 
     def _setup_pseudo_labeling(self, dataset_json: dict) -> None:
         self.ignore_label_value, _ = ignore_label_for(dataset_json)
@@ -54,6 +57,7 @@ class PseudoLabelLoopMixin:
         self._fold_log_file = self.log_file
         self._round_folder: Optional[Path] = None
         self._round_pseudo_ids: List[str] = []
+        self._check_selection()
 
     # ---- paths and state ------------------------------------------------------------------------------
     @property
@@ -65,18 +69,33 @@ class PseudoLabelLoopMixin:
 
     def _load_state(self) -> dict:
         path = self.pl_folder / "state.json"
-        # where m0 came from matters only until round 0 exists: not part of what a resume must keep
-        settings = {**{k: v for k, v in self.run_config.to_json().items() if k != "round0_model_folder"},
-                    "selection": self.selection_name,
-                    "rounds": self.run_config.effective_rounds, "trainer": self.__class__.__name__}
         if path.is_file():
-            state = json.loads(path.read_text())
-            if state["settings"] != settings:
-                raise StippleInputError(
-                    f"{path} was written with other settings ({state['settings']}) than this run ({settings}). "
-                    f"Use another nnUNet_results folder for different settings, or delete {self.pl_folder}.")
+            try:
+                state = json.loads(path.read_text())
+                recorded = state["settings"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise StippleInputError(f"{path} is damaged ({e}); it records the loop's settings and finished "
+                                        f"rounds. Delete {self.pl_folder} to run the loop again from round 0.")
+            self.check_resume_settings(recorded, path)
+            state["settings"] = self.trained_settings()
             return state
-        return {"settings": settings, "finished_rounds": []}
+        return {"settings": self.trained_settings(), "finished_rounds": []}
+
+    def trained_settings(self) -> dict:
+        settings = super().trained_settings()
+        settings.pop("round0_model_folder", None)   # where m0 came from matters only until round 0 exists
+        settings.update(selection=self.selection_name, rounds=self.run_config.effective_rounds)
+        return settings
+
+    def resume_keys(self):
+        """Round 0 learns from the labeled subset only: the relabeling settings may still change (e.g. a typo
+        fixed) until a relabeled round has finished."""
+        keys = tuple(super().resume_keys())
+        state = self.pl_folder / "state.json"
+        finished = json.loads(state.read_text()).get("finished_rounds", []) if state.is_file() else []
+        if any(t > 0 for t in finished):
+            keys += tuple(k for k in RELABELING_KEYS if k != "round0_model_folder")
+        return keys
 
     def _save_state(self, state: dict) -> None:
         write_json_atomic(self.pl_folder / "state.json", state)
@@ -87,9 +106,19 @@ class PseudoLabelLoopMixin:
 
     def selection_strategy(self):
         name = self.selection_name
-        if name in ("prior_confidence", "max_probability"):
+        if SELECTION_STRATEGIES[name].takes_include_background:
             return get_selection_strategy(name, include_background=self.run_config.include_background)
         return get_selection_strategy(name)
+
+    def _check_selection(self) -> None:
+        """At trainer start, not when round 1 begins after round 0 has trained."""
+        where = (f"{Path(self.output_folder_base) / RUN_CONFIG_FILE}" if self.run_config.selection else
+                 f"{type(self).__name__}.default_selection")
+        cls = check_selection_options(self.selection_name, self.run_config.include_background, where)
+        if cls.needs_prior and not self.has_spatial_prior:
+            raise StippleInputError(f"{where}: selection {self.selection_name!r} ranks voxels by prior-driven "
+                                    f"probabilities, but {type(self).__name__} trains without a spatial prior; use "
+                                    f"'max_probability' (or a STIPPLE trainer).")
 
     # ---- unlabeled data -------------------------------------------------------------------------------
     def unlabeled_cases(self) -> List[UnlabeledCase]:
@@ -137,7 +166,6 @@ class PseudoLabelLoopMixin:
     def _adopt_round0(self, model_folder: str) -> None:
         """m0 = a finished training without relabeling of the same fold, data and settings (checked against its
         checkpoint and the stipple_run.json of its model folder), copied to round_0/checkpoint_final.pth."""
-        from nnunet_stipple.run_config import RELABELING_KEYS, RUN_CONFIG_FILE, RunConfig
         folder = Path(model_folder)
         if not folder.is_absolute():
             folder = Path(self.output_folder_base) / folder
@@ -153,7 +181,9 @@ class PseudoLabelLoopMixin:
                 "plans": self.plans_manager.plans_name}
         theirs = {"trainer": ckpt.get("trainer_name"), "fold": args.get("fold"),
                   "configuration": args.get("configuration"), "plans": args.get("plans", {}).get("plans_name")}
-        other = RunConfig.for_output_folder(str(folder)).to_json()
+        record = path.parent / TRAINED_SETTINGS_FILE   # what m0 was trained with, if recorded
+        other = json.loads(record.read_text())["settings"] if record.is_file() else \
+            RunConfig.for_output_folder(str(folder)).to_json()
         ours = self.run_config.to_json()
         same = [k for k in ours if k not in RELABELING_KEYS and k != "save_every"]   # what m0 learned from
         mine.update({k: ours[k] for k in same})

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import pickle  # nnU-Net's own properties format (its data loader reads .pkl); not used for our artefacts
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_stipple.atomic import make_temp_dir
 from nnunet_stipple.errors import StippleInputError
 
 
@@ -40,7 +40,7 @@ def build_round_folder(target: Path, labeled: Dict[str, Path], pseudo: Dict[str,
     """labeled: case -> folder of its preprocessed files; pseudo: case -> (image folder, seg array (1, *S))."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp_dir(f".{target.name}.", target.parent)
     try:
         for case, folder in tqdm(sorted(labeled.items()), desc="round data: labeled cases", unit="case",
                                  disable=len(labeled) < 2):

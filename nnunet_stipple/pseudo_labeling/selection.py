@@ -47,6 +47,7 @@ __all__ = [
     "Flare22Selection",
     "SELECTION_STRATEGIES",
     "get_selection_strategy",
+    "check_selection_options",
     "top_fraction_per_class",
 ]
 
@@ -192,7 +193,8 @@ class SelectionStrategy:
     """Common interface: ``select(visual_probs, prior_probs, gamma, ignore_label) -> SelectionResult``."""
 
     name: str = ""
-    needs_prior: bool = False
+    needs_prior: bool = False                 # ranks by prior-driven probabilities: only for trainers with a prior
+    takes_include_background: bool = False    # has the include_background option of stipple_run.json
 
     def select(
         self,
@@ -225,6 +227,7 @@ class PriorConfidenceSelection(SelectionStrategy):
 
     name = "prior_confidence"
     needs_prior = True
+    takes_include_background = True
 
     def __init__(self, include_background: bool = False):
         self.include_background = bool(include_background)
@@ -341,6 +344,20 @@ SELECTION_STRATEGIES = {
     "all_predicted": AllPredictedSelection,
     "flare22": Flare22Selection,
 }
+
+
+def check_selection_options(name: str, include_background: bool = False, where: str = "selection") -> type:
+    """The strategy class registered under ``name``; raises :class:`StippleInputError` (naming ``where``) for an
+    unknown name or for ``include_background`` with a strategy that has no such option."""
+    cls = SELECTION_STRATEGIES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        valid = ", ".join(sorted(SELECTION_STRATEGIES))
+        raise StippleInputError(f"{where}: unknown selection strategy {name!r}; valid names: {valid}")
+    if include_background and not cls.takes_include_background:
+        takes = ", ".join(sorted(n for n, c in SELECTION_STRATEGIES.items() if c.takes_include_background))
+        raise StippleInputError(f"{where}: include_background applies to the selection strategies {takes}, not to "
+                                f"{name!r} (which labels whole predictions); remove it or choose one of those.")
+    return cls
 
 
 def get_selection_strategy(name: str, **options) -> SelectionStrategy:

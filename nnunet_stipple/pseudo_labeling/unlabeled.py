@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
+from nnunet_stipple.atomic import make_temp_dir
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.priors.build import PreprocessedDataset
 from nnunet_stipple.priors.geometry import UnknownGeometryError, preprocessed_axial_axis
@@ -76,7 +76,7 @@ def preprocess_unlabeled(ds: PreprocessedDataset, images: Dict[str, List[Path]],
             raise StippleInputError(
                 f"{images[case][0]} is oriented differently from the training images (its axial axis is array axis "
                 f"{axis}, the prior's is {expected_axial_axis}). Reorient it like the training data or remove it.")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{case}.", dir=out))
+        tmp = make_temp_dir(f".{case}.", out)
         try:
             nnUNetDatasetBlosc2.save_case(data, seg, props, str(tmp / case))
             for suffix in (".b2nd", "_seg.b2nd", ".pkl"):  # .pkl last: it marks the case complete

@@ -16,6 +16,7 @@ class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
     """STIPPLE: prior-driven training plus pseudo-labels ranked by prior-driven probabilities."""
     default_selection = "prior_confidence"
     round0_trainer = "STIPPLETrainer"
+    has_spatial_prior = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -254,6 +254,10 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     # ---- bookkeeping ----------------------------------------------------------------------------------------
     def on_train_start(self):
         super().on_train_start()
+        self.print_to_log_file(
+            "STIPPLE: the 'Pseudo dice' of each epoch is measured with the prior at each validation patch's true "
+            "organ centres (as in training, without jitter), so it is optimistic; the final validation places the "
+            "prior automatically from the network's own prediction (STIPPLE prediction) and gives the honest figure.")
         if self.local_rank == 0:
             write_json_atomic(Path(self.output_folder) / "stipple.json",
                               {**self.stipple_settings(), "prior_file": str(self._prior_path)})

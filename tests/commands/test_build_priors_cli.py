@@ -135,3 +135,30 @@ def test_console_script_exit_status(phantom_preprocessed):
     help_text = subprocess.run([venv_script("nnUNetv2_stipple_build_priors"), "-h"], capture_output=True,
                                text=True).stdout
     assert "spatial prior" in help_text and "--axial-axis" in help_text
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+
+
+def _garbage(path):
+    path.write_bytes(b"this is not a pickle")
+
+
+@pytest.mark.parametrize("suffix, damage", [("_seg.b2nd", _truncate), (".b2nd", _truncate), (".pkl", _garbage),
+                                            (".pkl", _truncate)])
+def test_damaged_preprocessed_case_names_the_case_and_the_fix(nnunet_env, tmp_path, monkeypatch, capsys,
+                                                              suffix, damage):
+    """Issue 12: a truncated _seg.b2nd or a garbage .pkl ended in raw blosc2/pickle tracebacks."""
+    import shutil
+    copy = tmp_path / "pre"
+    shutil.copytree(nnunet_env["preprocessed"], copy, ignore=shutil.ignore_patterns("stipple_priors"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(copy))
+    folder = copy / nnunet_env["dataset_name"] / "nnUNetPlans_3d_fullres"
+    case = sorted(p.name[: -len("_seg.b2nd")] for p in folder.glob("*_seg.b2nd"))[0]
+    damage(folder / f"{case}{suffix}")
+    code, captured = run_main(["-d", str(nnunet_env["dataset_id"]), "-c", "3d_fullres", "-f", "all", "-B", "2"],
+                              capsys)
+    assert code == 2
+    assert f"Cannot read the preprocessed case {case}" in captured.err and str(folder) in captured.err
+    assert "re-run `nnUNetv2_preprocess" in captured.err

@@ -57,15 +57,28 @@ def test_output_is_evaluable():
     assert proc.stdout == OURS
 
 
-def test_check_passes(monkeypatch, capsys):
-    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
-    assert main(["--check"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f'export nnUNet_extTrainer="{OURS}"\n')
-    assert "# OK: nnU-Net resolves STIPPLETrainer to nnunet_stipple.trainers" in out
+@pytest.mark.parametrize("current, ok, says", [
+    (None, False, "nnUNet_extTrainer is not set"),
+    ("/somewhere/else", False, "does not contain"),
+    (OURS, True, "OK: nnU-Net resolves STIPPLETrainer to nnunet_stipple.trainers"),
+    (f"/somewhere/else{SEP}{OURS}", True, "OK: nnU-Net resolves STIPPLETrainer"),
+])
+def test_check_tells_the_truth_about_this_shell(monkeypatch, capsys, current, ok, says):
+    """Issue 12: --check used to test the value it would set, and printed OK in a shell where nnUNetv2_train
+    could not find the trainer."""
+    if current is None:
+        monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_extTrainer", current)
+    assert main(["--check"]) == (0 if ok else 1)
+    captured = capsys.readouterr()
+    assert says in (captured.out if ok else captured.err)
+    if not ok:
+        assert 'eval "$(nnUNetv2_stipple_env)"' in captured.err
 
 
-def test_check_reports_failure(capsys):
+def test_check_reports_an_unknown_trainer(monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_extTrainer", OURS)
     assert main(["--check", "--trainer", "NoSuchTrainer_xyz"]) == 1
     captured = capsys.readouterr()
-    assert "cannot resolve the trainer NoSuchTrainer_xyz" in captured.err
+    assert "cannot find the trainer NoSuchTrainer_xyz" in captured.err

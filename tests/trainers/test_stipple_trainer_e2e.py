@@ -217,3 +217,37 @@ def test_positioning_study_script(trained, tmp_path):
             assert all(v is None or np.isnan(v) or 0 <= v <= 1 for v in dice.values())
     header = next(line for line in proc.stdout.splitlines() if line.startswith("class"))
     assert header.split()[1:] == list(MODES)
+
+
+def _sha(path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_with_changed_labeled_subset_is_refused_and_nothing_changes(trained, tmp_path):
+    """Issue 12, item 1: an edit of stipple_run.json between a training and its --c resume that changes what the
+    model learns from is refused before a prior is built or a file written; a longer schedule is a normal resume."""
+    results = tmp_path / "results"
+    model = results / trained["dataset_name"] / trained["model"].name
+    shutil.copytree(trained["model"], model)
+    env = dict(trained["env"], nnUNet_results=str(results))
+    fold = model / "fold_0"
+    kept = {p.name: _sha(p) for p in (fold / "checkpoint_final.pth", fold / "stipple.json",
+                                      fold / "stipple_run_trained.json")}
+    labels = {p.name: _sha(p) for p in sorted((trained["raw_dataset"] / "labelsTr").iterdir())}
+    priors = sorted((trained["preprocessed_dataset"] / "stipple_priors").rglob("*.npz"))
+    (model / "stipple_run.json").write_text(json.dumps({"label_proportion": 0.5}))
+    cmd = ["nnUNetv2_train", trained["dataset_id"], "3d_fullres", 0, "-tr", TRAINER, "-device", "cpu", "--c"]
+    proc = _run(cmd, env, ok=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "refusing to resume" in out and "label_proportion was 1.0, now 0.5" in out
+    assert {p: _sha(fold / p) for p in kept} == kept
+    assert {p.name: _sha(p) for p in sorted((trained["raw_dataset"] / "labelsTr").iterdir())} == labels
+    assert sorted((trained["preprocessed_dataset"] / "stipple_priors").rglob("*.npz")) == priors
+
+    (model / "stipple_run.json").write_text(json.dumps({"num_epochs": 2}))
+    _run(cmd, env)
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "num_epochs None -> 2 on resume (schedule)" in log
+    assert json.loads((fold / "stipple_run_trained.json").read_text())["settings"]["num_epochs"] == 2

@@ -28,11 +28,9 @@ interrupted one resumes through ``nnUNetv2_train --c``. Rerunning the same comma
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_stipple.atomic import write_json_atomic
+from nnunet_stipple.benchmarks.provenance import git_commit, machine, now, versions
 from nnunet_stipple.benchmarks.record import export_files, export_report, export_run, import_record
 from nnunet_stipple.benchmarks.reduced_plans import NetworkReduction, ensure_reduced_plans
 from nnunet_stipple.errors import StippleInputError
@@ -150,10 +149,6 @@ def alpha_str(alpha: float) -> str:
     return f"{float(alpha):g}"
 
 
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 def _num(x) -> Optional[float]:
     """A float for JSON (NaN/None -> None)."""
     if x is None:
@@ -181,43 +176,6 @@ def ext_trainer_folder() -> Path:
     except ImportError:   # pragma: no cover - older layout
         import nnunet_stipple.trainers
         return Path(nnunet_stipple.trainers.__file__).resolve().parent / "nnunet_ext"
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {"python": platform.python_version()}
-    for pkg in ("nnunet_stipple", "nnunetv2", "torch", "monai", "numpy", "scipy", "SimpleITK"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_commit() -> Optional[str]:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here, timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=here, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine(device: str = "cpu") -> dict:
-    info = {"platform": platform.platform(), "node": platform.node(), "cpu_count": os.cpu_count(),
-            "device": device}
-    if device == "cuda":
-        try:
-            import torch
-            if torch.cuda.is_available():
-                info["gpu"] = torch.cuda.get_device_name(0)
-        except ImportError:  # pragma: no cover
-            pass
-    return info
 
 
 def resolve_dataset(dataset) -> str:
@@ -483,7 +441,7 @@ def _run_logged(cmd: List[str], log_file: Path, log: Callable[[str], None], env:
     log(f"$ {' '.join(cmd)}   (log: {log_file})")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as f:
-        f.write(f"\n# {_now()} $ {' '.join(cmd)}\n")
+        f.write(f"\n# {now()} $ {' '.join(cmd)}\n")
         f.flush()
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
@@ -753,7 +711,7 @@ Runner = Callable[[List[str], dict, Path], int]
 
 def subprocess_runner(cmd: List[str], env: dict, log_file: Path) -> int:
     with open(log_file, "a") as f:
-        f.write(f"\n# {_now()} $ {' '.join(cmd)}\n")
+        f.write(f"\n# {now()} $ {' '.join(cmd)}\n")
         f.flush()
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
@@ -824,7 +782,7 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
     cmd = train_command(dataset_name, configuration, fold, spec.trainer, plans, device)
     env = train_env(root)
     log_file = root / f"train_fold{fold}.log"
-    attempt = {"started": _now(), "command": cmd, "log": log_file.name, "git_commit": git_commit(),
+    attempt = {"started": now(), "command": cmd, "log": log_file.name, "git_commit": git_commit(),
                "versions": versions(), "machine": machine(device)}
     fmeta["status"] = "running"
     fmeta["attempts"].append(attempt)
@@ -834,13 +792,13 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
     try:
         rc = runner(cmd, env, log_file)
     except KeyboardInterrupt:
-        attempt.update({"ended": _now(), "wall_seconds": time.perf_counter() - t0, "returncode": "interrupted"})
+        attempt.update({"ended": now(), "wall_seconds": time.perf_counter() - t0, "returncode": "interrupted"})
         fmeta["wall_seconds"] += attempt["wall_seconds"]
         fmeta["status"] = "interrupted"
         write_json_atomic(run_file, meta)
         raise
     wall = time.perf_counter() - t0
-    attempt.update({"ended": _now(), "wall_seconds": wall, "returncode": rc})
+    attempt.update({"ended": now(), "wall_seconds": wall, "returncode": rc})
     fmeta["wall_seconds"] += wall
     ok = rc == 0 and fold_finished(mdir, fold)
     fmeta["status"] = "finished" if ok else "failed"
@@ -937,7 +895,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
 
     # study.json (first run creates it; later runs extend alphas / methods / bins / folds)
     study = existing or {"dataset": dataset_name, "configuration": configuration, "plans": plans,
-                         "profile": prof.name, "created": _now(), "git_commit": git_commit(),
+                         "profile": prof.name, "created": now(), "git_commit": git_commit(),
                          "versions": versions(), "machine": machine(device),
                          "nnUNet_preprocessed": os.environ.get("nnUNet_preprocessed"),
                          "nnUNet_raw": os.environ.get("nnUNet_raw")}
@@ -963,7 +921,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
         entry = runs.setdefault(s.run_id, s.to_json())
         entry["folds"] = sorted(set(entry.get("folds", [])) | set(folds))
     study["runs"] = runs
-    study["last_invocation"] = {"time": _now(), "argv": sys.argv, "device": device}
+    study["last_invocation"] = {"time": now(), "argv": sys.argv, "device": device}
 
     log(f"Study {study_dir}: {dataset_name} {configuration} -p {plans}, profile {prof.name} ({prof.description})")
     log(f"  folds {folds}, alphas {[alpha_str(a) for a in alphas]} %, methods {methods}, bins {bins}"
@@ -1046,7 +1004,7 @@ def record_positioning(spec: RunSpec, fold: int, study_dir: Path, dataset_name: 
     rows = [{"case": case, "class_key": str(c), "mode": m, "dice": _num(v)}
             for case, by_mode in res["per_case"].items() for m in MODES for c, v in by_mode[m].items()]
     write_json_atomic(out, {"run_id": spec.run_id, "fold": fold, "modes": list(MODES), "mirroring": True,
-                            "space": "the network's (preprocessed) voxel grid", "created": _now(),
+                            "space": "the network's (preprocessed) voxel grid", "created": now(),
                             "seconds": time.perf_counter() - t0, "git_commit": git_commit(),
                             "mean": res["mean"], "rows": rows})
     log(f"[{spec.run_id} fold {fold}] positioning: mean Dice "
@@ -1071,7 +1029,7 @@ def run_cost(dataset, configuration: str, study_dir, plans: Optional[str] = None
     open_preprocessed(dataset_name, configuration, plans)
     res = run_cost_benchmark(dataset_name, configuration, fold, device, plans, iterations, warmup, repeats,
                              num_cases, mirroring, num_bins, log=log)
-    res["created"] = _now()
+    res["created"] = now()
     res["versions"] = versions()
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study_dir / COST_FILE, res)
@@ -1446,7 +1404,7 @@ def report_study(study_dir, nsd_tolerance_mm: Optional[float] = None, record_dir
 
     out_dir = study_dir / REPORT_FOLDER
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {"study": {k: v for k, v in study.items() if k != "runs"}, "created": _now(),
+    results = {"study": {k: v for k, v in study.items() if k != "runs"}, "created": now(),
                "report_git_commit": git_commit(), "report_versions": versions(),
                "settings": {"nsd_tolerance_mm": nsd_tolerance_mm, "pancreas_key": pancreas, "classes": names,
                             "aggregation": "per fold: mean over validation cases of the per-case mean over "

@@ -54,17 +54,45 @@ RUNS_FOLDER = "runs"
 REPORT_FOLDER = "report"
 COST_FILE = "cost.json"
 
-METHODS: Dict[str, str] = {
-    "plain": "nnUNetTrainer_LabelProportion",
-    "plain_relabel": "nnUNetTrainer_PseudoLabel",
-    "stipple_norelab": "STIPPLETrainer",
-    "stipple": "STIPPLETrainer_PseudoLabel",
-}
-METHOD_ORDER = ("plain", "stipple_norelab", "plain_relabel", "stipple")   # row order of the paper's Table 2
-METHOD_LABELS = {"plain": "Baseline (plain)", "stipple_norelab": "STIPPLE w/o relab",
-                 "plain_relabel": "Baseline w relab", "stipple": "STIPPLE"}
-RELABEL_COUNTERPART = {"plain_relabel": "plain", "stipple": "stipple_norelab"}
-PRIOR_METHODS = ("stipple_norelab", "stipple")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study: a row of the paper's Table 2 and the nnU-Net trainer that runs it."""
+    name: str                  # on the command line, in run ids and run folders
+    trainer: str               # nnU-Net trainer class (of nnunet_stipple.trainers or of nnU-Net)
+    label: str                 # row label in the report's tables and plots
+    table_row: int             # position in the paper's Table 2: the report's row order and the training order
+    uses_prior: bool           # trains with the spatial prior: runs per bins B, positioning quality measured
+    # a relabeling method: the method without relabeling whose finished model is its round 0 and whose results
+    # stand for it where there is nothing to relabel; None for the others
+    relabel_counterpart: Optional[str] = None
+
+    @property
+    def relabels(self) -> bool:
+        return self.relabel_counterpart is not None
+
+
+# The methods, in the order the command line and study.json list them. A new method is one entry here (and its
+# trainer); everything else about it derives from the entry.
+METHOD_TABLE: Tuple[Method, ...] = (
+    Method("plain", "nnUNetTrainer_LabelProportion", "Baseline (plain)", table_row=0, uses_prior=False),
+    Method("plain_relabel", "nnUNetTrainer_PseudoLabel", "Baseline w relab", table_row=2, uses_prior=False,
+           relabel_counterpart="plain"),
+    Method("stipple_norelab", "STIPPLETrainer", "STIPPLE w/o relab", table_row=1, uses_prior=True),
+    Method("stipple", "STIPPLETrainer_PseudoLabel", "STIPPLE", table_row=3, uses_prior=True,
+           relabel_counterpart="stipple_norelab"),
+)
+_METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
+METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer
+METHOD_ORDER = tuple(m.name for m in sorted(METHOD_TABLE, key=lambda m: m.table_row))   # the paper's Table 2
+
+
+def method(name: str) -> Method:
+    """The entry of :data:`METHOD_TABLE` named ``name`` (KeyError if none)."""
+    return _METHOD_BY_NAME[name]
+
+
 DEFAULT_BINS = 5                      # the paper's B for every proportion (and STIPPLETrainer's default)
 PAPER_ALPHAS = (100.0, 70.0, 50.0, 30.0, 10.0)
 PAPER_FOLDS = (0, 1, 2, 3, 4)
@@ -223,6 +251,14 @@ class RunSpec:
         return self.method if self.bins in (None, DEFAULT_BINS) else f"{self.method}_B{self.bins}"
 
     @property
+    def uses_prior(self) -> bool:
+        return method(self.method).uses_prior
+
+    @property
+    def relabels(self) -> bool:
+        return method(self.method).relabels
+
+    @property
     def run_id(self) -> str:
         return f"{alpha_str(self.alpha)}/{self.name}"
 
@@ -330,15 +366,16 @@ def plan_runs(alphas: Sequence[float], methods: Sequence[str], bins: Sequence[in
         specs.setdefault(spec.run_id, spec)
 
     for alpha in alphas:
-        for method in sorted(methods, key=METHOD_ORDER.index):
-            if method in PRIOR_METHODS:
-                method_bins = bins if method in bins_methods else [main_bins(bins)]
+        for name in sorted(methods, key=lambda m: method(m).table_row):
+            if method(name).uses_prior:
+                method_bins = bins if name in bins_methods else [main_bins(bins)]
             else:
                 method_bins = [None]
             for b in method_bins:
-                spec = RunSpec(alpha, method, b, METHODS[method])
-                if method in RELABEL_COUNTERPART and alpha >= 100 and not has_unlabeled:
-                    other = RunSpec(alpha, RELABEL_COUNTERPART[method], b, METHODS[RELABEL_COUNTERPART[method]])
+                spec = RunSpec(alpha, name, b, method(name).trainer)
+                if method(name).relabels and alpha >= 100 and not has_unlabeled:
+                    counterpart = method(method(name).relabel_counterpart)
+                    other = RunSpec(alpha, counterpart.name, b, counterpart.trainer)
                     spec.skipped, spec.same_as = SKIPPED_SAME, other.run_id
                     if other.run_id not in specs:   # not asked for: needed as what the skipped run equals
                         other.added_for = spec.run_id
@@ -349,8 +386,8 @@ def plan_runs(alphas: Sequence[float], methods: Sequence[str], bins: Sequence[in
 
 def _spec_order(s: RunSpec, main_b: int) -> tuple:
     """alpha descending; the paper's Table 2 rows (main B) first, then the bins-study rows."""
-    variant = s.method in PRIOR_METHODS and s.bins != main_b
-    return -s.alpha, variant, METHOD_ORDER.index(s.method), s.bins or 0
+    variant = s.uses_prior and s.bins != main_b
+    return -s.alpha, variant, method(s.method).table_row, s.bins or 0
 
 
 def work_order(specs: Sequence[RunSpec], folds: Sequence[int], alpha_priority: Sequence[float] = ()
@@ -366,7 +403,7 @@ def work_order(specs: Sequence[RunSpec], folds: Sequence[int], alpha_priority: S
 def run_config_for(spec: RunSpec, profile: Profile, label_seed: int = 0) -> dict:
     """The ``stipple_run.json`` of a run (validated by :class:`RunConfig`)."""
     d = {"label_proportion": spec.alpha / 100.0, "label_seed": label_seed, **profile.schedule}
-    if spec.method in PRIOR_METHODS:
+    if spec.uses_prior:
         d["num_bins"] = spec.bins
     RunConfig.from_dict(d, f"{spec.run_id}/{RUN_CONFIG_FILE}")
     return d
@@ -620,16 +657,16 @@ def trainings_per_fold(spec: RunSpec, round0_reused: bool = False) -> int:
     the model of the counterpart run without relabeling)."""
     if spec.skipped:
         return 0
-    if spec.method in RELABEL_COUNTERPART:
+    if spec.relabels:
         return (0 if round0_reused else 1) + RunConfig(label_proportion=spec.alpha / 100).effective_rounds
     return 1
 
 
 def _round0_reused(spec: RunSpec, specs: Sequence[RunSpec]) -> bool:
     """Whether the study also trains the counterpart whose model becomes this relabeling run's round 0."""
-    if spec.method not in RELABEL_COUNTERPART:
+    if not spec.relabels:
         return False
-    other = RunSpec(spec.alpha, RELABEL_COUNTERPART[spec.method], spec.bins, "").run_id
+    other = RunSpec(spec.alpha, method(spec.method).relabel_counterpart, spec.bins, "").run_id
     return any(s.run_id == other and not s.skipped for s in specs)
 
 
@@ -680,12 +717,12 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
     for s in specs:
         if s.skipped:
             continue
-        it = s_stipple if s.method in PRIOR_METHODS else s_plain
+        it = s_stipple if s.uses_prior else s_plain
         per_case_pred = tiles * mirrors * it / batch / 3 + per_case
         epoch = (profile.num_iterations_per_epoch + profile.num_val_iterations_per_epoch / 3) * it + per_epoch
         n_trainings = trainings_per_fold(s, _round0_reused(s, specs))
         per_fold = n_trainings * (startup + profile.num_epochs * epoch) + n_val * per_case_pred
-        if s.method in RELABEL_COUNTERPART:
+        if s.relabels:
             hidden = round(n_tr * (1 - s.alpha / 100))
             per_fold += trainings_per_fold(s, round0_reused=True) * hidden * per_case_pred   # one prediction per round
         total += per_fold * len(folds)
@@ -743,13 +780,13 @@ def round0_model_folder(spec: RunSpec, fold: int, study_dir: Path, dataset_name:
                         configuration: str) -> Optional[Path]:
     """For a relabeling run whose loop has not started: the model folder of its counterpart without relabeling
     when that fold's model exists here (its round 0: same data, seed and settings), else None."""
-    if spec.method not in RELABEL_COUNTERPART:
+    if not spec.relabels:
         return None
     mdir = model_folder(spec.folder(study_dir), dataset_name, spec.trainer, plans, configuration)
     if (mdir / f"fold_{fold}" / "pseudo_labeling" / "state.json").is_file():
         return None
-    method = RELABEL_COUNTERPART[spec.method]
-    other = RunSpec(spec.alpha, method, spec.bins, METHODS[method])
+    counterpart = method(method(spec.method).relabel_counterpart)
+    other = RunSpec(spec.alpha, counterpart.name, spec.bins, counterpart.trainer)
     odir = model_folder(other.folder(study_dir), dataset_name, other.trainer, plans, configuration)
     return odir if (odir / f"fold_{fold}" / "checkpoint_final.pth").is_file() and fold_finished(odir, fold) else None
 
@@ -774,7 +811,7 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
     round0 = round0_model_folder(spec, fold, study_dir, dataset_name, plans, configuration)
     if round0 is not None:
         rc_dict["round0_model_folder"] = os.path.relpath(round0, mdir)
-        log(f"[{spec.run_id} fold {fold}] round 0 = the finished {RELABEL_COUNTERPART[spec.method]} model "
+        log(f"[{spec.run_id} fold {fold}] round 0 = the finished {method(spec.method).relabel_counterpart} model "
             f"({round0}), not trained again")
     rc_file = mdir / RUN_CONFIG_FILE
     if not rc_file.is_file() or json.loads(rc_file.read_text()) != rc_dict:
@@ -988,7 +1025,7 @@ def record_positioning(spec: RunSpec, fold: int, study_dir: Path, dataset_name: 
     class with the visual prediction, naive centring, automatic positioning and ground-truth centres (and the
     other variants of :mod:`nnunet_stipple.benchmarks.positioning_eval`), nnU-Net's test-time mirroring on,
     written once to ``runs/<alpha>/<name>/positioning_fold<f>.json``."""
-    if spec.method not in PRIOR_METHODS:
+    if not spec.uses_prior:
         return None
     out = spec.folder(study_dir) / f"positioning_fold{fold}.json"
     if out.is_file():
@@ -1229,8 +1266,8 @@ def _aggregate(cases_by_fold: Dict[int, List[dict]], metric: str, pancreas: Opti
 
 
 def _row_label(spec: RunSpec) -> str:
-    label = METHOD_LABELS[spec.method]
-    if spec.method in PRIOR_METHODS and spec.bins != DEFAULT_BINS:
+    label = method(spec.method).label
+    if spec.uses_prior and spec.bins != DEFAULT_BINS:
         label += f" (B={spec.bins})"
     return label
 
@@ -1442,7 +1479,7 @@ def collect_positioning(study_dir: Path, specs: Sequence[RunSpec], cases_of: Dic
     """positioning.csv rows of the finished folds of the prior runs (from their positioning_fold<f>.json)."""
     rows = []
     for s in specs:
-        if s.skipped or s.method not in PRIOR_METHODS:
+        if s.skipped or not s.uses_prior:
             continue
         for f in sorted(cases_of.get(s.run_id, {})):
             path = s.folder(study_dir) / f"positioning_fold{f}.json"
@@ -1486,7 +1523,7 @@ def collect_pseudo_label_quality(study_dir: Path, study: dict, specs: Sequence[R
     labels (pooled over classes and per class), from the loop's ``round_<t>/round_log.json``."""
     out = []
     for s in specs:
-        if s.skipped or s.method not in RELABEL_COUNTERPART:
+        if s.skipped or not s.relabels:
             continue
         mdir = model_folder(s.folder(study_dir), study["dataset"], s.trainer, study["plans"], study["configuration"])
         for f in sorted(cases_of.get(s.run_id, {})):
@@ -1612,10 +1649,10 @@ def _table_md(study: dict, aggregates: List[dict], ttests: List[dict], metrics: 
                     if (r[0], r[1], al) in by and not by[(r[0], r[1], al)].get("skipped")
                     and by[(r[0], r[1], al)][m]["mean"] is not None]
             best[al] = max(vals) if vals else None
-        for method, b, label in rows:
+        for method_name, b, label in rows:
             cells = []
             for al in alphas:
-                a = by.get((method, b, al))
+                a = by.get((method_name, b, al))
                 if a is None:
                     cells.append("")
                 elif a.get("skipped"):
@@ -1682,9 +1719,9 @@ def _plots(out_dir: Path, aggregates: List[dict], names: Dict[str, str]) -> List
     rows = list(dict.fromkeys((a["method"], a["bins"], a["label"]) for a in done))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, m in zip(axes, ("dice", "nsd")):
-        for method, b, label in rows:
+        for method_name, b, label in rows:
             pts = sorted((a["alpha"], a[m]["mean"], a[m]["std"] or 0.0) for a in done
-                         if a["method"] == method and a["bins"] == b and a[m]["mean"] is not None)
+                         if a["method"] == method_name and a["bins"] == b and a[m]["mean"] is not None)
             if not pts:
                 continue
             x, y, e = zip(*pts)
@@ -1700,23 +1737,23 @@ def _plots(out_dir: Path, aggregates: List[dict], names: Dict[str, str]) -> List
     plt.close(fig)
     written.append(p)
     # Dice vs B (Figure 6) where a method has several B at one alpha
-    multi = {(a["alpha"], a["method"]) for a in done if a["method"] in PRIOR_METHODS}
+    multi = {(a["alpha"], a["method"]) for a in done if method(a["method"]).uses_prior}
     multi = sorted(k for k in multi if len({a["bins"] for a in done if (a["alpha"], a["method"]) == k}) > 1)
     if multi:
         alphas = sorted({k[0] for k in multi}, reverse=True)
         fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 4), squeeze=False)
         for ax, al in zip(axes[0], alphas):
-            for (a_, method) in multi:
+            for (a_, method_name) in multi:
                 if a_ != al:
                     continue
                 pts = sorted((a["bins"], a["dice"]["mean"], a["dice"]["std"] or 0.0) for a in done
-                             if a["alpha"] == al and a["method"] == method)
+                             if a["alpha"] == al and a["method"] == method_name)
                 x, y, e = zip(*pts)
                 ax.errorbar(x, [v * 100 for v in y], yerr=[v * 100 for v in e], marker="o", capsize=3,
-                            label=METHOD_LABELS[method])
+                            label=method(method_name).label)
             base = next((a for a in done if a["alpha"] == al and a["method"] == "plain"), None)
             if base is not None:
-                ax.axhline(base["dice"]["mean"] * 100, color="red", linestyle=":", label="Baseline (plain)")
+                ax.axhline(base["dice"]["mean"] * 100, color="red", linestyle=":", label=method("plain").label)
             ax.set_title(f"α = {alpha_str(al)} %")
             ax.set_xlabel("bins B")
             ax.set_ylabel("Dice (%)")

@@ -158,6 +158,43 @@ def _fake_positioning(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the method table
+# ---------------------------------------------------------------------------------------------------------------
+def _trainer_class(name: str):
+    """The trainer class nnUNetv2_train would find: one of nnunet_stipple.trainers, else one of nnU-Net's."""
+    from os.path import join
+
+    import nnunetv2
+    import nnunet_stipple.trainers
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    return getattr(nnunet_stipple.trainers, name, None) or recursive_find_python_class(
+        join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name, "nnunetv2.training.nnUNetTrainer")
+
+
+@pytest.mark.parametrize("entry", st.METHOD_TABLE, ids=lambda m: m.name)
+def test_method_entry_matches_its_trainer(entry):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
+    from nnunet_stipple.trainers import STIPPLETrainer
+    trainer = _trainer_class(entry.trainer)
+    assert trainer is not None and issubclass(trainer, nnUNetTrainer), entry.trainer
+    assert issubclass(trainer, STIPPLETrainer) == entry.uses_prior
+    assert issubclass(trainer, PseudoLabelLoopMixin) == entry.relabels
+    if entry.relabels:      # the counterpart is the same method without relabeling
+        counterpart = st.method(entry.relabel_counterpart)
+        assert not counterpart.relabels and counterpart.uses_prior == entry.uses_prior
+
+
+def test_method_table_names_labels_and_rows_are_unique():
+    for field in ("name", "label", "table_row", "trainer"):
+        values = [getattr(m, field) for m in st.METHOD_TABLE]
+        assert len(set(values)) == len(values), field
+    assert sorted(m.table_row for m in st.METHOD_TABLE) == list(range(len(st.METHOD_TABLE)))
+    assert st.METHODS == {m.name: m.trainer for m in st.METHOD_TABLE}
+    assert st.METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple")   # the paper's Table 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------------------------------
 def test_plan_runs_trainers_folders_and_skips(tmp_path):

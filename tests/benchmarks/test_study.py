@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from scipy.stats import ttest_rel
 
 from nnunet_stipple.benchmarks import study as st
+from nnunet_stipple.benchmarks.study import metrics as study_metrics
+from nnunet_stipple.benchmarks.study.report_tables import format_p_value
 from nnunet_stipple.commands.study import main as study_main
 from nnunet_stipple.errors import StippleInputError
 
@@ -417,7 +419,7 @@ def test_report_on_fake_study(fake_dataset):
     # at 100 % the skipped relabel runs ("-") are not tested; their counterparts are
     t100 = [t for t in results["ttests"] if t["alpha"] == 100 and t["metric"] == "dice"]
     assert {(t["a"], t["b"]) for t in t100} == {("100/stipple_norelab", "100/plain")}
-    assert st._fmt_p(t["p"]) in table
+    assert format_p_value(t["p"]) in table
     # aggregates: pancreas reported apart, NSD in [0, 1], metadata
     agg = next(a for a in results["aggregates"] if a["run_id"] == "10/plain")
     assert agg["pancreas_dice"]["mean"] is not None and 0 <= agg["nsd"]["mean"] <= 1
@@ -449,7 +451,7 @@ def test_report_uses_nsd_cache_and_bins_plot(fake_dataset, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("NSD recomputed although cached")
-    monkeypatch.setattr(st, "case_nsd", boom)
+    monkeypatch.setattr(study_metrics, "case_nsd", boom)
     assert study_main(["report", "--study-dir", str(study_dir)]) == 0
     # another tolerance is computed (and cached) separately
     monkeypatch.undo()

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
+
+from nnunet_stipple.benchmarks.provenance import git_commit, machine, versions
 
 PLAIN, STIPPLE = "plain", "stipple"
 
@@ -186,18 +187,14 @@ def dataset_argument_parser(doc: str, fold_help: str = "fold (default 0)") -> ar
 
 
 def machine_description(device: str = "cpu") -> dict:
-    import torch
-    import nnunetv2  # noqa: F401
-    from importlib.metadata import version
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "nnunetv2": version("nnunetv2"), "device": device}
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        pass
+    """The machine, versions and commit of a cost measurement, in one flat dict (from
+    :mod:`nnunet_stipple.benchmarks.provenance`)."""
+    host, installed = machine(device), versions()
+    info = {"platform": host["platform"], "python": installed["python"], "cpu_count": host["cpu_count"],
+            "torch": installed["torch"], "nnunetv2": installed["nnunetv2"], "device": device}
+    if "gpu" in host:
+        info["gpu"] = host["gpu"]
+    info["git_commit"] = git_commit()
     return info
 
 

@@ -14,7 +14,8 @@ PROG = "nnUNetv2_stipple_study"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunet_stipple.benchmarks.study import METHODS, PROFILES
+    from nnunet_stipple.benchmarks.study.methods import METHODS
+    from nnunet_stipple.benchmarks.study.profiles import PROFILES
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Label-efficiency study of STIPPLE with nnU-Net: every (fold, label proportion alpha, method, "

@@ -1,0 +1,44 @@
+"""The methods the study compares (the rows of the paper's Table 2), each described once, by one entry of
+:data:`METHOD_TABLE`: a new method is one entry here plus its trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+DEFAULT_BINS = 5                      # the paper's B for every proportion (and STIPPLETrainer's default)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study: a row of the paper's Table 2 and the nnU-Net trainer that runs it."""
+    name: str                  # on the command line, in run ids and run folders
+    trainer: str               # nnU-Net trainer class (of nnunet_stipple.trainers or of nnU-Net)
+    label: str                 # row label in the report's tables and plots
+    table_row: int             # position in the paper's Table 2: the report's row order and the training order
+    uses_prior: bool           # trains with the spatial prior: runs per bins B, positioning quality measured
+    # a relabeling method: the method without relabeling whose finished model is its round 0 and whose results
+    # stand for it where there is nothing to relabel; None for the others
+    relabel_counterpart: Optional[str] = None
+
+    @property
+    def relabels(self) -> bool:
+        return self.relabel_counterpart is not None
+
+
+# The methods, in the order the command line and study.json list them.
+METHOD_TABLE: Tuple[Method, ...] = (
+    Method("plain", "nnUNetTrainer_LabelProportion", "Baseline (plain)", table_row=0, uses_prior=False),
+    Method("plain_relabel", "nnUNetTrainer_PseudoLabel", "Baseline w relab", table_row=2, uses_prior=False,
+           relabel_counterpart="plain"),
+    Method("stipple_norelab", "STIPPLETrainer", "STIPPLE w/o relab", table_row=1, uses_prior=True),
+    Method("stipple", "STIPPLETrainer_PseudoLabel", "STIPPLE", table_row=3, uses_prior=True,
+           relabel_counterpart="stipple_norelab"),
+)
+_METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
+METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer
+METHOD_ORDER = tuple(m.name for m in sorted(METHOD_TABLE, key=lambda m: m.table_row))   # the paper's Table 2
+
+
+def method(name: str) -> Method:
+    """The entry of :data:`METHOD_TABLE` named ``name`` (KeyError if none)."""
+    return _METHOD_BY_NAME[name]

@@ -1,0 +1,41 @@
+"""The method table (nnunet_stipple.benchmarks.study.methods): every entry matches its trainer."""
+from __future__ import annotations
+
+import pytest
+
+from nnunet_stipple.benchmarks.study.methods import METHOD_ORDER, METHOD_TABLE, METHODS, method
+
+
+def _trainer_class(name: str):
+    """The trainer class nnUNetv2_train would find: one of nnunet_stipple.trainers, else one of nnU-Net's."""
+    from os.path import join
+
+    import nnunetv2
+    import nnunet_stipple.trainers
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    return getattr(nnunet_stipple.trainers, name, None) or recursive_find_python_class(
+        join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name, "nnunetv2.training.nnUNetTrainer")
+
+
+@pytest.mark.parametrize("entry", METHOD_TABLE, ids=lambda m: m.name)
+def test_method_entry_matches_its_trainer(entry):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
+    from nnunet_stipple.trainers import STIPPLETrainer
+    trainer = _trainer_class(entry.trainer)
+    assert trainer is not None and issubclass(trainer, nnUNetTrainer), entry.trainer
+    assert issubclass(trainer, STIPPLETrainer) == entry.uses_prior
+    assert issubclass(trainer, PseudoLabelLoopMixin) == entry.relabels
+    if entry.relabels:      # the counterpart is the same method without relabeling
+        assert entry.relabel_counterpart in METHODS
+        counterpart = method(entry.relabel_counterpart)
+        assert not counterpart.relabels and counterpart.uses_prior == entry.uses_prior
+
+
+def test_method_table_names_labels_and_rows_are_unique():
+    for field in ("name", "label", "table_row", "trainer"):
+        values = [getattr(m, field) for m in METHOD_TABLE]
+        assert len(set(values)) == len(values), field
+    assert sorted(m.table_row for m in METHOD_TABLE) == list(range(len(METHOD_TABLE)))
+    assert METHODS == {m.name: m.trainer for m in METHOD_TABLE}
+    assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple")   # the paper's Table 2

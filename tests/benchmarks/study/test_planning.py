@@ -1,0 +1,78 @@
+"""Planning a study (nnunet_stipple.benchmarks.study.planning): runs, skips, bins study, stipple_run.json,
+trainings, work order."""
+from __future__ import annotations
+
+from nnunet_stipple.benchmarks.study.methods import METHODS
+from nnunet_stipple.benchmarks.study.planning import (SKIPPED_SAME, RunSpec, estimate, plan_runs, run_config_for,
+                                                      trainings_per_fold, work_order)
+from nnunet_stipple.benchmarks.study.profiles import PROFILES
+
+
+def test_plan_runs_trainers_folders_and_skips(tmp_path):
+    specs = plan_runs([100, 10], list(METHODS), [5], has_unlabeled=False)
+    ids = {s.run_id: s for s in specs}
+    assert set(ids) == {"100/plain", "100/stipple_norelab", "100/plain_relabel", "100/stipple",
+                        "10/plain", "10/stipple_norelab", "10/plain_relabel", "10/stipple"}
+    assert ids["10/plain"].trainer == "nnUNetTrainer_LabelProportion"
+    assert ids["10/plain_relabel"].trainer == "nnUNetTrainer_PseudoLabel"
+    assert ids["10/stipple_norelab"].trainer == "STIPPLETrainer"
+    assert ids["10/stipple"].trainer == "STIPPLETrainer_PseudoLabel"
+    assert ids["100/plain_relabel"].skipped == SKIPPED_SAME and ids["100/plain_relabel"].same_as == "100/plain"
+    assert ids["100/stipple"].skipped and ids["100/stipple"].same_as == "100/stipple_norelab"
+    assert not ids["10/stipple"].skipped and not ids["100/plain"].skipped
+    assert ids["10/stipple"].folder(tmp_path) == tmp_path / "runs" / "10" / "stipple"
+    # with imagesUnlabeled there is something to relabel at 100 %
+    assert not any(s.skipped for s in plan_runs([100], ["plain_relabel", "stipple"], has_unlabeled=True))
+    # the counterpart of a skipped run is added when not asked for
+    only = {s.run_id: s for s in plan_runs([100], ["stipple"])}
+    assert only["100/stipple_norelab"].added_for == "100/stipple" and only["100/stipple"].skipped
+
+
+def test_plan_runs_bins_study():
+    specs = plan_runs([70, 10], ["plain", "stipple_norelab", "stipple"], [1, 2, 5, 7, 10])
+    ids = {s.run_id: s for s in specs}
+    for a in ("70", "10"):
+        for b in (1, 2, 7, 10):
+            assert ids[f"{a}/stipple_norelab_B{b}"].bins == b
+        assert ids[f"{a}/stipple_norelab"].bins == 5          # B = 5 keeps the unsuffixed folder
+        assert ids[f"{a}/stipple"].bins == 5                  # stipple only in the bins study if asked
+        assert ids[f"{a}/plain"].bins is None
+    assert "70/stipple_B7" not in ids
+    both = {s.run_id for s in plan_runs([10], ["stipple"], [1, 5], bins_methods=["stipple_norelab", "stipple"])}
+    assert both == {"10/stipple", "10/stipple_B1"}
+    assert {s.bins for s in plan_runs([10], ["stipple_norelab"], [7])} == {7}
+
+
+def test_run_config_contents():
+    prof = PROFILES["cpu-small"]
+    spec = RunSpec(10.0, "stipple_norelab", 7, "STIPPLETrainer")
+    assert run_config_for(spec, prof) == {"label_proportion": 0.1, "label_seed": 0, "num_epochs": 5,
+                                             "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 5,
+                                             "num_bins": 7}
+    plain = run_config_for(RunSpec(70.0, "plain", None, "nnUNetTrainer_LabelProportion"), PROFILES["paper"])
+    assert plain == {"label_proportion": 0.7, "label_seed": 0, "num_epochs": 1000, "num_iterations_per_epoch": 250,
+                     "num_val_iterations_per_epoch": 50}
+
+
+def test_trainings_count():
+    specs = plan_runs([100, 70, 10], list(METHODS))
+    # 100: plain, stipple_norelab (relabel skipped); 70: 2 + 2 x (1 + 2 rounds); 10: 2 + 2 x (1 + 1)
+    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6) + (2 + 4)
+    # in a study the counterparts are trained too: their models are the relabeling runs' round 0
+    est = estimate(specs, [0, 1], PROFILES["cpu-small"], "cpu",
+                      {"patch_size": [32, 64, 64], "batch_size": 2, "median_image_size_in_voxels": [40, 90, 90]})
+    assert est["trainings"] == 2 * (2 + (2 + 4) + (2 + 2)) and est["seconds"] > 0
+    alone = [s for s in specs if s.run_id == "10/stipple"]
+    assert estimate(alone, [0], PROFILES["cpu-small"], "cpu")["trainings"] == 2
+
+
+def test_work_order_priority_alphas_then_folds_then_table_rows():
+    specs = plan_runs([100, 30, 10], list(METHODS))
+    order = [(s.run_id, f) for s, f in work_order(specs, [0, 1], alpha_priority=(10, 100))]
+    assert order[:8] == [("10/plain", 0), ("10/stipple_norelab", 0), ("10/plain_relabel", 0), ("10/stipple", 0),
+                         ("10/plain", 1), ("10/stipple_norelab", 1), ("10/plain_relabel", 1), ("10/stipple", 1)]
+    assert order[8:12] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
+                           ("100/stipple_norelab", 1)]                  # skipped relabel runs are not trained
+    assert [a for a, _ in order[12:]] == ["30/plain", "30/stipple_norelab", "30/plain_relabel", "30/stipple"] * 2
+    # no priority: decreasing alpha
+    assert [s.alpha for s, _ in work_order(specs, [0])][0] == 100

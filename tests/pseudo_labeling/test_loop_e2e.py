@@ -111,4 +111,5 @@ def test_changed_settings_are_refused_on_resume(phantom_preprocessed, pl_env):
     proc = subprocess.run(_cmd("nnUNetv2_train", phantom_preprocessed["dataset_id"], "3d_fullres", 0, "-tr", TRAINER,
                                "-device", "cpu", "--c"), env=env, capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "was written with other settings" in proc.stdout + proc.stderr
+    assert "refusing to resume" in proc.stdout + proc.stderr
+    assert "label_proportion was 0.3, now 0.5" in proc.stdout + proc.stderr

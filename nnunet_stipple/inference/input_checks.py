@@ -7,7 +7,9 @@ fails late (or predicts garbage) on missing channels; these checks name the offe
 """
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -83,3 +85,73 @@ def check_input_folder(folder: "str | Path", dataset_json: dict) -> List[str]:
         raise StippleInputError(f"Badly named files in the input folder {folder}: " + "; ".join(problems)
                                 + f". {rule}")
     return sorted(channels)
+
+
+def check_output_folder(folder: "str | Path") -> Path:
+    """``folder`` can be created or written to; raises :class:`StippleInputError` saying why not (a file in the
+    way, no write permission) before any model is loaded."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise StippleInputError(f"The output folder {folder} is a file. Choose a folder (-o) for the predictions.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StippleInputError(f"The output folder {folder} cannot be created: {existing} is a file, not a "
+                                f"folder. Choose another output folder (-o).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "is" if existing == folder else f"would be created in {existing}, which is"
+        raise StippleInputError(f"The output folder {folder} {where} not writable for you. Choose another output "
+                                f"folder (-o) or ask for write permission.")
+    return folder
+
+
+def check_checkpoint_readable(path: "str | Path") -> None:
+    """A torch checkpoint is a zip archive whose directory sits at its end: a truncated copy (an interrupted
+    download or scp) fails here, naming the file, instead of deep inside torch.load."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise StippleInputError(f"{path} is not a readable torch checkpoint ({e}): it is truncated or damaged. "
+                                f"Copy it again from where it was trained (or re-install the exported zip), or "
+                                f"retrain the fold.") from None
+
+
+# file endings whose headers SimpleITK reads (nnU-Net's SimpleITKIO / NibabelIO datasets)
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def model_expects_volumes(plans: dict) -> bool:
+    """Whether the model was trained on 3-D volumes (nnU-Net stores 2-D images as volumes one slice deep)."""
+    shape = plans.get("original_median_shape_after_transp") or []
+    return len(shape) == 3 and min(shape) > 1
+
+
+def check_image_geometry(files: List[Path], volumes: bool = True) -> None:
+    """Every image is one 3-D volume (read from the header only; other formats than :data:`VOLUME_ENDINGS` are
+    left to nnU-Net's readers): a 4-D file (a time series or channels stacked in one file) would otherwise be
+    misread by nnU-Net (e.g. "your RAM was full"), and a 2-D slice given to a model of volumes (``volumes``)
+    predicted without any sense of where along z the prior belongs."""
+    import SimpleITK as sitk
+    problems = []
+    for path in files:
+        if not path.name.endswith(VOLUME_ENDINGS):
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            problems.append(f"{path.name}: not a readable image ({str(e).strip().splitlines()[-1]})")
+            continue
+        dims, size = reader.GetDimension(), reader.GetSize()
+        if dims > 4 or dims == 4 and size[3] > 1:
+            problems.append(f"{path.name}: {dims}-D image of size {size} (one 3-D volume per file and channel is "
+                            f"needed; split a stacked file into CASE_0000, CASE_0001, ...)")
+        elif volumes and (dims < 3 or size[2] == 1):
+            problems.append(f"{path.name}: a 2-D image of size {size} (STIPPLE's prior is placed along z in 3-D "
+                            f"volumes: predict the whole volume)")
+    if problems:
+        raise StippleInputError(f"Images that STIPPLE cannot predict in {files[0].parent}: {_listed(problems)}.")

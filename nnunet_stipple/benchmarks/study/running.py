@@ -143,11 +143,13 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
         import_record(Path(record_dir), study_dir, log)
         existing = merge_studies(existing, recorded)
 
+    check_configuration(dataset_name, configuration)
     ds, planning = _open_profile_plans(prof, dataset_name, configuration, plans, study_dir,
                                        (existing or {}).get("planning"), dry_run, log)
     unlabeled = has_unlabeled_images(dataset_name)
     specs = plan_runs(alphas, methods, bins, unlabeled, bins_methods)
     n_tr, n_val = _fold_sizes(ds, folds)
+    check_labeled_counts(alphas, ds, folds)
     plans_config = ds.plans["configurations"][configuration] if ds is not None else None
     cost = json.loads((study_dir / COST_FILE).read_text()) if (study_dir / COST_FILE).is_file() else None
     est = estimate(specs, folds, prof, device, plans_config, cost, n_tr, n_val)
@@ -247,6 +249,38 @@ def _open_profile_plans(prof: Profile, dataset_name: str, configuration: str, pl
         if not planning["commands"] and previous.get("commands"):   # planned by an earlier invocation
             planning["commands"] = previous["commands"]
     return open_preprocessed(dataset_name, configuration, plans), planning
+
+
+def check_configuration(dataset_name: str, configuration: str) -> None:
+    """The configuration exists in nnU-Net's plans of the dataset (checked in a dry run too; the profiles derive
+    their plans from nnUNetPlans and keep its configuration names)."""
+    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    plans_file = nnunet_preprocessed_root() / dataset_name / "nnUNetPlans.json"
+    known = (list(json.loads(plans_file.read_text())["configurations"]) if plans_file.is_file()
+             else ["2d", "3d_fullres", "3d_lowres"])
+    supported = [c for c in known if "cascade" not in c]
+    if configuration not in supported:
+        where = f"in {plans_file}" if plans_file.is_file() else "of nnU-Net"
+        raise StippleInputError(f"Configuration {configuration!r} is not one of the configurations {where} that "
+                                f"STIPPLE trains ({', '.join(supported)}); choose one with -c.")
+
+
+def check_labeled_counts(alphas: Sequence[float], ds, folds: Sequence[int]) -> None:
+    """Every proportion leaves at least one labeled case in every fold (--alphas takes percentages: 0.1 is
+    0.1 %, not 10 %), checked before the first training instead of at it."""
+    from nnunet_stipple.priors.build import training_cases_of_fold
+    from nnunet_stipple.pseudo_labeling.label_proportions import labeled_count
+    if ds is None:
+        return
+    for f in folds:
+        n = len(training_cases_of_fold(ds, f)[0])
+        for a in alphas:
+            if labeled_count(n, a / 100) == 0:
+                smallest = 100 * 0.5 / n
+                raise StippleInputError(
+                    f"--alphas {alpha_str(a)} (percent) leaves 0 of the {n} training cases of fold {f} labeled; "
+                    f"the smallest proportion with one labeled case is {smallest:g} %."
+                    + (f" Did you mean {alpha_str(a * 100)} (percent)?" if a <= 1 else ""))
 
 
 def _fold_sizes(ds, folds: Sequence[int]) -> Tuple[Optional[int], Optional[int]]:

@@ -14,8 +14,11 @@ from nnunet_stipple.benchmarks.study import run_study
 
 DS = "Dataset777_FakeStudy"
 CASES = ["case_a", "case_b", "case_c", "case_d"]
-SPLITS = [{"train": ["case_c", "case_d"], "val": ["case_a", "case_b"]},
-          {"train": ["case_a", "case_b"], "val": ["case_c", "case_d"]}]
+# the training lists hold 8 more ids that exist only in the split (the fake trainer reads no training case):
+# alpha = 10 % must leave a labeled case in each fold, as the harness checks before training
+EXTRA_TRAINING = [f"case_train{i}" for i in range(8)]
+SPLITS = [{"train": ["case_c", "case_d"] + EXTRA_TRAINING, "val": ["case_a", "case_b"]},
+          {"train": ["case_a", "case_b"] + EXTRA_TRAINING, "val": ["case_c", "case_d"]}]
 SPACING_XYZ = (1.0, 1.0, 2.0)       # SimpleITK order; arrays are (z, y, x) with spacing (2, 1, 1)
 SHAPE = (12, 16, 16)
 LABELS = {"background": 0, "liver": 1, "pancreas": 2}

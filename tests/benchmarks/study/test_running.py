@@ -27,6 +27,19 @@ def test_bad_input(fake_dataset, kwargs, match):
         run_study(DS, "3d_fullres", fake_dataset["tmp"] / "study", **args)
 
 
+@pytest.mark.parametrize("configuration, alphas, match", [
+    ("3d_foo", [100], "Configuration '3d_foo' is not one of the configurations in .*nnUNetPlans.json"),
+    ("3d_cascade_fullres", [100], "Configuration '3d_cascade_fullres' is not one"),
+    ("3d_fullres", [0.1], r"--alphas 0.1 \(percent\) leaves 0 of the \d+ training cases of fold 0 labeled.*"
+                          r"Did you mean 10 \(percent\)\?"),
+])
+def test_dry_run_checks_configuration_and_labeled_counts(fake_dataset, configuration, alphas, match):
+    """Issue 12: -c 3d_foo passed --dry-run, and --alphas 0.1 (0.1 %) failed only at the first training."""
+    with pytest.raises(StippleInputError, match=match):
+        run_study(DS, configuration, fake_dataset["tmp"] / "study", profile="paper", folds=[0], alphas=alphas,
+                  device="cpu", dry_run=True, log=lambda m: None)
+
+
 def test_paper_profile_needs_preprocessed_data(fake_dataset):
     (fake_dataset["base"] / "nnUNetPlans.json").unlink()
     with pytest.raises(StippleInputError, match="not planned/preprocessed"):

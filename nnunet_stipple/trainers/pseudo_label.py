@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from typing import List
 
-import numpy as np
 import torch
 
 from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin

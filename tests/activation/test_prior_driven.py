@@ -1,5 +1,4 @@
 """Prior-driven softmax (paper Eq. 2) and sigmoid (Eq. 3) as logit offsets."""
-import numpy as np
 import pytest
 import torch
 

@@ -16,8 +16,9 @@ def test_nsd_hand_checkable(tmp_path):
     a[3:8, 4:10, 5:11] = True
     sp = [2.0, 1.0, 1.0]
     assert surface_dice(a, a, sp, 0.0) == pytest.approx(1.0)
-    far_a = np.zeros_like(a); far_a[0:2, 0:2, 14:16] = True
-    far_b = np.zeros_like(a); far_b[9:12, 12:16, 0:3] = True
+    far_a, far_b = np.zeros_like(a), np.zeros_like(a)
+    far_a[0:2, 0:2, 14:16] = True
+    far_b[9:12, 12:16, 0:3] = True
     assert surface_dice(far_a, far_b, sp, 2.0) == 0.0
     assert surface_dice(np.zeros_like(a), a, sp, 2.0) == 0.0
     assert math.isnan(surface_dice(np.zeros_like(a), np.zeros_like(a), sp, 2.0))

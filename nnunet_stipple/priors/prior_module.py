@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_stipple.priors.algorithm import bin_of_slice
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 PRIOR_ATTRIBUTE = "stipple_prior"
@@ -148,7 +149,7 @@ class PriorModule(nn.Module):
                     inside = (rel >= 0) & (rel < box[d])
                     r = rel.clamp(0, box[d] - 1)
                     if d == a:
-                        r = (r * nb) // box[d]
+                        r = bin_of_slice(r, box[d], nb)
                     stride = int(np.prod(hs[d + 1:]))
                     term = r * stride + (t["hist_offset"][c] if d == 0 else 0)
                     terms.append(torch.where(inside, term, torch.full_like(term, outside)))

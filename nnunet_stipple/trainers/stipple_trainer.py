@@ -49,7 +49,7 @@ from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.api import check_positioning_settings
 from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
     DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM
-from nnunet_stipple.priors.algorithm import box_start
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, box_start
 from nnunet_stipple.priors.build import load_or_build, open_preprocessed, prior_path
 from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_prior_module, prior_module_of, \
     unwrap_network
@@ -59,7 +59,7 @@ from nnunet_stipple.trainers.label_proportion import LabelProportionMixin
 
 
 class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
-    stipple_num_bins: int = 5                 # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
+    stipple_num_bins: int = DEFAULT_NUM_BINS  # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
     stipple_floor: float = DEFAULT_FLOOR      # every class probability is floored here before renormalising
     stipple_jitter_mm: float = 10.0           # uniform random prior translation in training, per axis (+-)
     stipple_prior_dropout: float = 0.2        # fraction of training samples with a uniform prior

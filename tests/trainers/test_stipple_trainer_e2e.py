@@ -50,6 +50,8 @@ def test_training_writes_prior_settings_checkpoint_and_stipple_validation(traine
     assert (fold / "checkpoint_final.pth").is_file()
     settings = json.loads((fold / "stipple.json").read_text())
     assert settings["num_bins"] == 5 and settings["trainer"] == TRAINER
+    from nnunet_stipple.positioning.settings import PositioningSettings
+    assert settings["positioning"] == PositioningSettings().to_json()
     # the prior of the fold was built at the start of training, in nnUNet_preprocessed
     prior_file = trained["preprocessed_dataset"] / "stipple_priors" / "nnUNetPlans__3d_fullres" / "B5" / "fold_0.npz"
     assert prior_file.is_file() and prior_file.with_suffix(".json").is_file()
@@ -206,9 +208,12 @@ def test_positioning_study_script(trained, tmp_path):
     out = tmp_path / "positioning.json"
     script = Path(__file__).resolve().parents[2] / "scripts" / "eval_positioning.py"
     proc = subprocess.run([sys.executable, str(script), "-m", str(trained["model"]), "-f", "0", "--max_cases", "2",
-                           "-o", str(out)], env=trained["env"], capture_output=True, text=True)
+                           "-o", str(out), "--search-radius-mm", "10"], env=trained["env"], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
+    assert res["settings"]["auto"]["search_radius_mm"] == 10.0 and res["settings"]["naive"]["search_radius_mm"] == 0
+    assert res["settings"]["components"] == dict(res["settings"]["auto"], coarse_placement="components")
     assert len(res["cases"]) == 2 and set(res["mean"]) == set(MODES)
     for case in res["cases"]:
         for mode in MODES:

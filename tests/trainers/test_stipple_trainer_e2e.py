@@ -79,11 +79,13 @@ def test_continue_and_validation_only(trained):
 
 
 def test_stipple_predict_and_probabilities(trained, tmp_path):
+    """... with positioning settings overridden on the command line: the reports record the settings used."""
     env = trained["env"]
     out = tmp_path / "pred"
     _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
           "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
-          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1], env)
+          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1,
+          "--search-radius-mm", 7, "--coarse-placement", "components"], env)
     segs = sorted(out.glob("*.nii.gz"))
     assert len(segs) == 2
     img = sitk.ReadImage(str(trained["raw_dataset"] / "imagesUnlabeled" / segs[0].name.replace(".nii.gz", "_0000.nii.gz")))
@@ -96,6 +98,11 @@ def test_stipple_predict_and_probabilities(trained, tmp_path):
     assert len(reports) == 2
     fold_report = json.loads(reports[0].read_text())["folds"][0]
     assert "positioning_seconds" in fold_report
+    for report in reports:
+        fold_report = json.loads(report.read_text())["folds"][0]
+        assert fold_report["settings"] == {"search_radius_mm": 7.0, "repositioning_steps": 1,
+                                           "anatomy_tolerance_mm": 60.0, "coarse_placement": "components"}
+        assert fold_report["floor"] == 1e-3
 
 
 def test_plain_nnunet_predict_refuses(trained, tmp_path):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_stipple.benchmarks.provenance import git_commit, machine, versions
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PLAIN, STIPPLE = "plain", "stipple"
 
@@ -138,7 +139,8 @@ def _run_worker(kind: str, method: str, args: dict) -> dict:
 
 def run_cost_benchmark(dataset: str, configuration: str, fold: int = 0, device: str = "cpu",
                        plans: str = "nnUNetPlans", iterations: int = 5, warmup: int = 2, repeats: int = 2,
-                       num_cases: int = 2, mirroring: bool = True, num_bins: int = 5, log=print) -> dict:
+                       num_cases: int = 2, mirroring: bool = True, num_bins: int = DEFAULT_NUM_BINS,
+                       log=print) -> dict:
     base = {"dataset": dataset, "configuration": configuration, "fold": fold, "device": device, "plans": plans}
     results: Dict[str, Dict[str, List[dict]]] = {"training": {PLAIN: [], STIPPLE: []},
                                                  "prediction": {PLAIN: [], STIPPLE: []}}

@@ -7,7 +7,8 @@
   anatomical consistency check, then re-positioning,
 * ``components``: the same with the consistency check,
 * ``auto``: STIPPLE's positioning with the model's settings (by default: the joint search over one
-  displacement of all organs, per-organ KL search, consistency check, re-positioning),
+  displacement of all organs, per-organ KL search, consistency check, re-positioning), or with
+  ``positioning_overrides`` applied to them (the other variants change the same base),
 * ``ground_truth``: the organ centres of the validation label.
 
 One network pass per case; all variants share its logits. Dice in the network's voxel space with
@@ -15,15 +16,23 @@ nnU-Net's own ``compute_tp_fp_fn_tn``.
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 MODES = ("visual", "naive", "components_unchecked", "components", "auto", "ground_truth")
+# the positioning settings each variant changes in the model's (PositioningSettings field -> value)
+VARIANT_OVERRIDES = {
+    "naive": {"search_radius_mm": 0.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 0.0,
+              "coarse_placement": "components"},
+    "components_unchecked": {"anatomy_tolerance_mm": 0.0, "coarse_placement": "components"},
+    "components": {"coarse_placement": "components"},
+    "auto": {},
+}
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
@@ -33,7 +42,11 @@ def _dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
 
 
 def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkpoint_final.pth",
-                         device: str = "cpu", max_cases: int = None, mirroring: bool = False) -> dict:
+                         device: str = "cpu", max_cases: int = None, mirroring: bool = False,
+                         positioning_overrides: Optional[Mapping[str, Any]] = None) -> dict:
+    """Dice per mode (module docstring) on the fold's validation cases; ``positioning_overrides`` change the
+    model's positioning settings (``auto``) and the base of the other variants. The result records the
+    settings every mode ran with (``settings``)."""
     from nnunet_stipple.inference.api import stipple_trainers_findable
     from nnunet_stipple.inference.predictor import STIPPLEPredictor
     from nnunet_stipple.positioning.place import centres_from_label
@@ -42,40 +55,35 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     plans = json.loads((Path(model_folder) / "plans.json").read_text())
     predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                  device=torch.device(device), perform_everything_on_device=device == "cuda",
-                                 allow_tqdm=False)
+                                 allow_tqdm=False, positioning_overrides=positioning_overrides)
     with stipple_trainers_findable():     # nnU-Net looks the trainer class up through nnUNet_extTrainer
         predictor.initialize_from_trained_model_folder(model_folder, [fold], checkpoint)
     params = predictor.list_of_parameters[0]
-    prior = predictor._prior_for(params)
+    model = predictor.fold_prior(params)
+    prior = model.prior
     configuration = Path(model_folder).name.split("__")[-1]
     ds = open_preprocessed(plans["dataset_name"], configuration, plans["plans_name"])
     _, val = training_cases_of_fold(ds, fold)
     val = val[:max_cases] if max_cases else val
     loader = dataset_class_for(ds)(str(ds.data_folder), list(val))
     classes = prior.classes
-    variants = {"naive": {"search_radius_mm": 0.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 0.0,
-                          "coarse_placement": "components"},
-                "components_unchecked": {"anatomy_tolerance_mm": 0.0, "coarse_placement": "components"},
-                "components": {"coarse_placement": "components"},
-                "auto": {}}
-    priors = {}
-    for mode, overrides in variants.items():
-        priors[mode] = copy.copy(prior)
-        priors[mode].settings = {**prior.settings, **overrides}
+    variants = {mode: replace(model, positioning=model.positioning.with_overrides(
+        overrides, f"the positioning variant '{mode}'")) for mode, overrides in VARIANT_OVERRIDES.items()}
     per_case: Dict[str, Dict[str, Dict[int, float]]] = {}
     for case in tqdm(val, desc="positioning study", unit="case"):
         data, seg, _, _ = loader.load_case(case)
         gt = np.asarray(seg[0])
         visual, _, _ = predictor.predict_fold(torch.from_numpy(np.asarray(data)), params, case)
         outs = {"visual": visual}
-        for mode, variant in priors.items():
+        for mode, variant in variants.items():
             outs[mode] = visual + predictor.prior_offsets(variant, visual, case)[0]
         predictor.ground_truth_centres = {case: centres_from_label(gt, classes)}
-        outs["ground_truth"] = visual + predictor.prior_offsets(prior, visual, case)[0]
+        outs["ground_truth"] = visual + predictor.prior_offsets(model, visual, case)[0]
         predictor.ground_truth_centres = None
         per_case[case] = {m: {c: _dice(outs[m].argmax(0).numpy(), gt, c) for c in classes} for m in MODES}
     mean = {m: {c: float(np.nanmean([per_case[k][m][c] for k in per_case])) for c in classes} for m in MODES}
     return {"model_folder": str(model_folder), "fold": fold, "cases": list(val), "labels": prior.labels,
+            "settings": {mode: variant.positioning.to_json() for mode, variant in variants.items()},
             "per_case": per_case, "mean_per_class": mean,
             "mean": {m: float(np.nanmean(list(mean[m].values()))) for m in MODES}}
 

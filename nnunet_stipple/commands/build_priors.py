@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PROG = "nnUNetv2_stipple_build_priors"
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnU-Net configuration (2d, 3d_fullres, 3d_lowres; not the cascade)")
     parser.add_argument("-f", "--folds", required=True, nargs="+", metavar="FOLD",
                         help="fold number(s) of splits_final.json and/or 'all' (all training cases)")
-    parser.add_argument("-B", "--num-bins", type=int, default=5,
+    parser.add_argument("-B", "--num-bins", type=int, default=DEFAULT_NUM_BINS,
                         help="number of bins along the axial axis; at most the smallest class depth in slices")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching prior exists")

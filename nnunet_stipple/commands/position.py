@@ -11,8 +11,9 @@ import numpy as np
 
 from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import COARSE_METHODS, DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
-    DEFAULT_SEARCH_RADIUS_MM
+from nnunet_stipple.positioning.settings import PositioningSettings, add_positioning_arguments, \
+    positioning_overrides
+from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR
 
 PROG = "nnUNetv2_stipple_position"
 NUMPY_SUFFIXES = (".npy", ".npz")
@@ -26,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
             "in voxel coordinates), as JSON. The volume must be in the prior's voxel space: nnU-Net's "
             "preprocessed array of the prior's configuration (same axis order and spacing). From a label "
             "(--label) the centres are the organ bounding-box centres; from class probabilities "
-            "(--probabilities) the prior is placed as at prediction time: starting centres (--coarse), then "
-            "each organ's exhaustive KL translation search, then the anatomical consistency check."),
+            "(--probabilities) the prior is placed exactly as STIPPLE prediction places it: starting centres "
+            "(--coarse-placement), each organ's exhaustive KL translation search, the anatomical consistency "
+            "check, then the re-positioning steps from the prior-driven probabilities. The positioning "
+            "settings it ran with are part of the JSON."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prior", required=True, help="prior file fold_F.npz (with fold_F.json next to it)")
@@ -37,16 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                           ".npy, or an .npz with 'seg'/'label' (or a single array); (1, X, Y, Z) is accepted")
     src.add_argument("--probabilities", default=None,
                      help="an .npz holding 'probabilities' (K, X, Y, Z), background first (or a .npy of it)")
-    parser.add_argument("--radius-mm", type=float, default=DEFAULT_SEARCH_RADIUS_MM,
-                        help="search radius of the KL translation search in mm (with --probabilities)")
-    parser.add_argument("--anatomy-tolerance-mm", type=float, default=DEFAULT_ANATOMY_TOLERANCE_MM,
-                        help="with --probabilities: reject an organ placement more than this far (mm) from the "
-                             "field-of-view displacement most organs agree on, and place it from the others "
-                             "instead; 0 switches the check off")
-    parser.add_argument("--coarse", choices=COARSE_METHODS, default=DEFAULT_COARSE,
-                        help="with --probabilities: where each organ's KL search starts: 'joint' searches one "
-                             "displacement of all organs' mean training centres that best explains the "
-                             "prediction; 'components' starts from each organ's largest predicted component")
+    add_positioning_arguments(parser, "With --probabilities. A setting not given takes its built-in default; "
+                                      "to reproduce a model's prediction give its trainer's values "
+                                      "(stipple_<setting>, see the model's stipple.json).",
+                              aliases={"search_radius_mm": ("--radius-mm",), "coarse_placement": ("--coarse",)})
+    parser.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
+                        help="with --probabilities: the model's prior floor (its trainer's stipple_floor), used by "
+                             "the re-positioning steps")
     parser.add_argument("-o", "--output", default=None,
                         help="write the JSON here (default: print it on stdout)")
     return parser
@@ -97,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from nnunet_stipple.positioning.api import position_prior
     from nnunet_stipple.priors.spatial_prior import SpatialPrior
     with input_errors_exit(PROG):
+        settings = PositioningSettings(**positioning_overrides(args))
         prior = SpatialPrior.load(args.prior)
         if args.label is not None:
             label, spacing = read_volume(args.label, "label")
@@ -105,12 +106,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{PROG}: warning: {args.label} has spacing {spacing} (z, y, x) but the prior was built at "
                       f"{prior.spacing}; centres are only meaningful in the prior's preprocessed voxel space.",
                       file=sys.stderr)
-            result = position_prior(prior, label=label, radius_mm=args.radius_mm)
+            result = position_prior(prior, label=label)
             result["input"] = str(args.label)
         else:
             probs, _ = read_volume(args.probabilities, "probabilities")
-            result = position_prior(prior, probabilities=probs, radius_mm=args.radius_mm,
-                                    anatomy_tolerance_mm=args.anatomy_tolerance_mm, coarse=args.coarse)
+            result = position_prior(prior, probabilities=probs, settings=settings, floor=args.floor)
             result["input"] = str(args.probabilities)
         result["prior"] = str(args.prior)
     text = json.dumps(result, indent=2)

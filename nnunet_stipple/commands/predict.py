@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.positioning.settings import add_positioning_arguments, positioning_overrides
 
 PROG = "nnUNetv2_stipple_predict"
 
@@ -25,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Predict a folder of images with a model trained by a STIPPLE trainer, like nnUNetv2_predict: per fold "
             "and case, a first prediction positions the fold's spatial prior (coarse organ centres + KL "
             "translation search), the positioned prior is added to the logits, and nnU-Net exports the "
-            "prior-driven segmentation (and probabilities with --save_probabilities). Per-case positioning "
-            "reports (prior position and confidence per fold) go to OUTPUT/stipple_positioning/. Give the model "
+            "prior-driven segmentation (and probabilities with --save_probabilities). The positioning settings "
+            "are the model's (its trainer's, stored in the checkpoint) unless given below. Per-case positioning "
+            "reports (prior position, confidence and the settings used, per fold) go to "
+            "OUTPUT/stipple_positioning/. Give the model "
             "with -d/-c (and -p, -tr) as for nnUNetv2_predict, or its folder with -m. The input file names are "
             "checked against nnU-Net's CASE_XXXX<file_ending> convention before anything is loaded."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -68,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not keep the whole case on the device (for cases larger than the GPU memory)")
     parser.add_argument("--no_positioning_report", action="store_true",
                         help="do not write the per-case positioning JSONs to OUTPUT/stipple_positioning/")
+    add_positioning_arguments(parser, "Override the model's positioning settings for this prediction (the same "
+                                      "options as nnUNetv2_stipple_position). A setting not given keeps the "
+                                      "model's value: its trainer's stipple_<setting>, stored in the checkpoint "
+                                      "(the built-in default for checkpoints older than the setting).")
     return parser
 
 
@@ -89,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
                        num_parts=args.num_parts, part_id=args.part_id,
                        positioning_report=not args.no_positioning_report,
-                       prev_stage_predictions=args.prev_stage_predictions)
+                       prev_stage_predictions=args.prev_stage_predictions,
+                       positioning_overrides=positioning_overrides(args))
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PROG = "nnUNetv2_stipple_show_prior"
 
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", default=None, help="dataset name or id (instead of PATH)")
     parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration (with -d)")
     parser.add_argument("-f", "--fold", default=None, help="fold number or 'all' (with -d)")
-    parser.add_argument("-B", "--num-bins", type=int, default=5, help="number of bins of the prior (with -d)")
+    parser.add_argument("-B", "--num-bins", type=int, default=DEFAULT_NUM_BINS,
+                        help="number of bins of the prior (with -d)")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (with -d)")
     return parser
 

@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PROG = "nnUNetv2_stipple_study"
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--repeats", type=int, default=2, help="alternating plain/STIPPLE runs of each measurement")
     cost.add_argument("--cases", type=int, default=2, help="validation cases predicted per run")
     cost.add_argument("--disable_tta", action="store_true", help="no mirroring in prediction")
-    cost.add_argument("-B", "--num-bins", type=int, default=5, help="bins of the prior")
+    cost.add_argument("-B", "--num-bins", type=int, default=DEFAULT_NUM_BINS, help="bins of the prior")
     return parser
 
 

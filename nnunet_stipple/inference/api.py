@@ -11,7 +11,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.inference.input_checks import check_input_folder
@@ -138,17 +138,23 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
                    overwrite: bool = True, checkpoint_name: str = "checkpoint_final.pth",
                    num_processes_preprocessing: int = 3, num_processes_segmentation_export: int = 3,
                    num_parts: int = 1, part_id: int = 0, positioning_report: bool = True,
-                   prev_stage_predictions: Optional[str] = None):
+                   prev_stage_predictions: Optional[str] = None,
+                   positioning_overrides: Optional[Mapping[str, Any]] = None):
     """Predict every case of ``input_folder`` with the STIPPLE model in ``model_folder``; returns the predictor.
 
-    Arguments as ``nnUNetv2_predict``'s. With ``positioning_report``, one JSON per case with the prior's
-    position and positioning confidence of every fold goes to ``<output_folder>/stipple_positioning/``.
+    Arguments as ``nnUNetv2_predict``'s. ``positioning_overrides`` (setting name -> value, see
+    :class:`nnunet_stipple.positioning.settings.PositioningSettings`) replace the positioning settings stored
+    in the checkpoints. With ``positioning_report``, one JSON per case with the prior's position,
+    positioning confidence and the positioning settings used, per fold, goes to
+    ``<output_folder>/stipple_positioning/``.
     ``num_processes_preprocessing == num_processes_segmentation_export == 0`` runs sequentially (no worker
     processes), as in nnU-Net."""
     from nnunet_stipple.inference.predictor import POSITIONING_FOLDER, STIPPLEPredictor
+    from nnunet_stipple.positioning.settings import PositioningSettings
     folds = parse_folds(folds)
     if not 0 < step_size <= 1:
         raise StippleInputError(f"-step_size must be in (0, 1], got {step_size}.")
+    PositioningSettings().with_overrides(positioning_overrides or {}, "positioning_overrides")
     check_prediction_inputs(input_folder, output_folder, model_folder, folds, checkpoint_name, num_parts, part_id,
                             prev_stage_predictions)
     torch_dev = torch_device(device)
@@ -160,7 +166,8 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
     predictor = STIPPLEPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                  perform_everything_on_device=perform_everything_on_device, device=torch_dev,
                                  verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=allow_tqdm,
-                                 report_folder=None if report_folder is None else str(report_folder))
+                                 report_folder=None if report_folder is None else str(report_folder),
+                                 positioning_overrides=positioning_overrides)
     with stipple_trainers_findable():
         predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name=checkpoint_name)
     if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:

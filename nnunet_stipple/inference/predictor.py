@@ -1,10 +1,10 @@
 """STIPPLE prediction: nnU-Net's predictor with the fold's prior positioned and added once per case.
 
 One network pass per fold and case. The stitched full-volume logits (the "visual" prediction) give a
-first segmentation; the fold's prior is positioned from it (coarse centres, by default from a joint
-search over one displacement of all organs, then each organ's exhaustive KL translation search), then
-re-positioned from the prior-driven probabilities (``repositioning_steps``), and ``ln p`` is added once, in
-float32, to the full-volume logits. Sliding-window averaging, mirroring and fold averaging are linear,
+first segmentation; the fold's prior is placed from it by
+:func:`nnunet_stipple.positioning.procedure.place_prior` (the procedure ``nnUNetv2_stipple_position`` runs
+too), with the positioning settings stored in the fold's checkpoint or given to the predictor, and ``ln p``
+is added once, in float32, to the full-volume logits. Sliding-window averaging, mirroring and fold averaging are linear,
 so this equals adding the prior per patch, without the fp16 stitching error. nnU-Net's export then turns
 the prior-driven logits into segmentations and (``--save_probabilities``) prior-driven probabilities.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -25,35 +25,47 @@ from torch._dynamo import OptimizedModule
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
-    DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM, Placement, position_from_probabilities
+from nnunet_stipple.positioning.procedure import PriorPlacement, place_at_centres, place_prior
+from nnunet_stipple.positioning.settings import PositioningSettings, stored_positioning_settings
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
-    unwrap_network
-from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior
+    prior_of_state_dict, unwrap_network
+from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
 
 POSITIONING_FOLDER = "stipple_positioning"
-DEFAULT_SETTINGS = {"floor": DEFAULT_FLOOR, "search_radius_mm": DEFAULT_SEARCH_RADIUS_MM,
-                    "repositioning_steps": DEFAULT_REPOSITIONING_STEPS,
-                    "anatomy_tolerance_mm": DEFAULT_ANATOMY_TOLERANCE_MM, "coarse_placement": DEFAULT_COARSE}
+
+
+@dataclass(frozen=True)
+class FoldPrior:
+    """One fold's prior with what prediction needs besides it: the floor the model was trained with
+    (``stipple_floor``) and the positioning settings (the checkpoint's, with the predictor's overrides)."""
+    prior: SpatialPrior
+    floor: float
+    positioning: PositioningSettings
 
 
 class STIPPLEPredictor(nnUNetPredictor):
     """Drop-in replacement of ``nnUNetPredictor`` for models trained with a STIPPLE trainer.
 
     ``ground_truth_centres`` (case id -> {class: centre}) places the prior at known organ centres instead
-    of positioning it, for studies of positioning quality. ``report_folder`` receives one JSON per case with
-    the chosen prior position and positioning confidence of every fold."""
+    of positioning it, for studies of positioning quality. ``positioning_overrides`` (setting name -> value,
+    see :class:`PositioningSettings`) replace the settings stored in the checkpoints. ``report_folder``
+    receives one JSON per case with the chosen prior position, positioning confidence and positioning
+    settings of every fold."""
 
     def __init__(self, *args, ground_truth_centres: Optional[Dict[str, Dict[int, list]]] = None,
-                 report_folder: Optional[str] = None, **kwargs):
+                 report_folder: Optional[str] = None, positioning_overrides: Optional[Mapping[str, Any]] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.ground_truth_centres = ground_truth_centres
         self.report_folder = report_folder
+        self.positioning_overrides = dict(positioning_overrides or {})
+        # checked now: a bad value must not wait until a model is loaded
+        PositioningSettings().with_overrides(self.positioning_overrides, "positioning_overrides")
         self.last_report: Optional[dict] = None
         self._current_case: Optional[str] = None
         self._sequential_cases: Optional[List[Optional[str]]] = None
         self._in_sequential = False
-        self._prior_cache: Dict[int, SpatialPrior] = {}
+        self._fold_priors: Dict[int, FoldPrior] = {}
 
     # ---- initialisation -----------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
@@ -68,7 +80,7 @@ class STIPPLEPredictor(nnUNetPredictor):
                 raise StippleInputError(
                     f"{ckpt} holds no STIPPLE prior (trainer '{self.trainer_name}'). Predict models of plain nnU-Net "
                     f"trainers with nnUNetv2_predict; STIPPLE models must be trained with a STIPPLE trainer.")
-            self._check_prior_matches(self._prior_for(params), str(ckpt))
+            self._check_prior_matches(self.fold_prior(params, str(ckpt)).prior, str(ckpt))
 
     def manual_initialization(self, network, plans_manager, configuration_manager, parameters, dataset_json,
                               trainer_name, inference_allowed_mirroring_axes):
@@ -86,25 +98,24 @@ class STIPPLEPredictor(nnUNetPredictor):
             raise StippleInputError(f"The prior in {source} was built at spacing {prior.spacing}, the model's "
                                     f"configuration uses {want}: it belongs to another configuration.")
 
-    def _prior_for(self, params: Optional[dict]) -> SpatialPrior:
+    def fold_prior(self, params: Optional[dict], source: str = "the checkpoint") -> FoldPrior:
+        """The prior of one fold's parameters (None: the network's current prior) and its settings;
+        ``source`` names the checkpoint in errors."""
         key = id(params)
-        if key not in self._prior_cache:
+        if key not in self._fold_priors:
             if params is None:
                 module = prior_module_of(self.network)
                 if not module.is_set:
                     raise StippleInputError("The network holds no STIPPLE prior.")
-                prior = module.spatial_prior()
-                settings = module.settings
+                prior, stored = module.spatial_prior(), module.settings
             else:
-                prefix = PRIOR_ATTRIBUTE + "."
-                arrays = {k[len(prefix):]: v.cpu().numpy() for k, v in params.items() if k.startswith(prefix)}
-                import json
-                meta = json.loads(bytes(arrays.pop("meta_json").tobytes()).decode())
-                prior = SpatialPrior.from_metadata_and_arrays(meta, arrays, source="the checkpoint's STIPPLE prior")
-                settings = meta.get("stipple_settings", {})
-            prior.settings = {**DEFAULT_SETTINGS, **settings}
-            self._prior_cache[key] = prior
-        return self._prior_cache[key]
+                prior, stored = prior_of_state_dict(params, source)
+            floor = stored.get("floor", DEFAULT_FLOOR)
+            check_floor(floor)
+            positioning = stored_positioning_settings(stored, source).with_overrides(
+                self.positioning_overrides, "positioning_overrides")
+            self._fold_priors[key] = FoldPrior(prior, floor, positioning)
+        return self._fold_priors[key]
 
     # ---- prediction ---------------------------------------------------------------------------------------
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
@@ -173,47 +184,36 @@ class STIPPLEPredictor(nnUNetPredictor):
             net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
             net.load_state_dict(params)
         visual = self.predict_sliding_window_return_logits(data).to("cpu").float()
-        offsets, report = self.prior_offsets(self._prior_for(params), visual, case)
+        offsets, report = self.prior_offsets(self.fold_prior(params), visual, case)
         return visual, offsets, report
 
-    def prior_offsets(self, prior: SpatialPrior, logits: torch.Tensor, case: Optional[str] = None):
-        """The logit offsets of the positioned prior for one fold, and a report of the positioning."""
-        settings = prior.settings
-        shape = tuple(logits.shape[1:])
+    def prior_offsets(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None):
+        """The logit offsets of the positioned prior for one fold (zero: uniform prior), and the report of
+        the placement."""
+        prior, shape = fold.prior, tuple(logits.shape[1:])
         started = time.perf_counter()
-        if self.ground_truth_centres is not None and case is not None and case in self.ground_truth_centres:
-            gt = self.ground_truth_centres[case]
-            centres = {c: gt.get(c, gt.get(str(c))) for c in prior.built_classes}
-            report = {"fold": prior.fold, "method": "ground_truth", "centres": {str(c): v for c, v in centres.items()}}
+        placement = self.place(fold, logits, case)
+        if placement.centres is None:
+            offsets = torch.zeros_like(logits)
         else:
-            placement = position_from_probabilities(prior, self._class_probabilities(logits),
-                                                    settings["search_radius_mm"],
-                                                    anatomy_tolerance_mm=settings["anatomy_tolerance_mm"],
-                                                    coarse=settings["coarse_placement"])
-            joint = placement.joint   # the joint search only runs for the first placement: keep it for the report
-            steps = 0
-            for steps in range(1, int(settings["repositioning_steps"]) + 1):
-                if not placement.ok:
-                    break
-                driven = logits + self._offsets_from_centres(prior, shape, placement.centres)
-                placement = position_from_probabilities(prior, self._class_probabilities(driven),
-                                                        settings["search_radius_mm"],
-                                                        start_centres=placement.centres,
-                                                        anatomy_tolerance_mm=settings["anatomy_tolerance_mm"])
-                if all(p.offset == [0, 0, 0] for p in placement.classes.values() if p.method == "kl"):
-                    break  # converged: another step would search from the same centres
-            if not placement.ok:
-                msg = (f"STIPPLE: no organ of the prior was found in the first prediction of case {case}; "
-                       f"using a uniform prior (plain nnU-Net output) for fold {prior.fold}.")
-                warnings.warn(msg)
-                return torch.zeros_like(logits), {"fold": prior.fold, "method": "uniform_fallback"}
-            centres = placement.centres
-            report = {"fold": prior.fold, "method": "kl_search", "repositioning_steps": steps, **placement.to_json()}
-            if joint is not None:
-                report["joint"] = joint
-        offsets = self._offsets_from_centres(prior, shape, centres)
-        report["positioning_seconds"] = time.perf_counter() - started
+            offsets = self._offsets_from_centres(fold, shape, placement.centres)
+        report = {"fold": prior.fold, **placement.report, "positioning_seconds": time.perf_counter() - started}
         return offsets, report
+
+    def place(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None) -> PriorPlacement:
+        """Where the fold's prior goes in a case: the known centres of ``ground_truth_centres``, else the
+        placement from the first prediction (``logits``, the network's visual logits)."""
+        if self.ground_truth_centres is not None and case is not None and case in self.ground_truth_centres:
+            known = {int(c): centre for c, centre in self.ground_truth_centres[case].items()}
+            return place_at_centres(fold.prior, known, "ground_truth")
+        driven = None
+        if self.label_manager.has_regions:
+            # sigmoid outputs: the prior-driven prediction needs the logits (the default of place_prior is
+            # the prior-driven softmax)
+            def driven(centres):
+                return self._class_probabilities(logits + self._offsets_from_centres(fold, logits.shape[1:], centres))
+        return place_prior(fold.prior, self._class_probabilities(logits), fold.positioning, fold.floor,
+                           driven_probabilities=driven, case=case)
 
     def _class_probabilities(self, logits: torch.Tensor) -> np.ndarray:
         if not self.label_manager.has_regions:
@@ -225,12 +225,12 @@ class STIPPLEPredictor(nnUNetPredictor):
             onehot[c] = np.asarray(seg) == c
         return onehot
 
-    def _offsets_from_centres(self, prior: SpatialPrior, shape, centres) -> torch.Tensor:
-        p = torch.from_numpy(prior.probabilities_on_grid(shape, centres, prior.settings["floor"]))
+    def _offsets_from_centres(self, fold: FoldPrior, shape, centres) -> torch.Tensor:
+        p = torch.from_numpy(fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor))
         if not self.label_manager.has_regions:
             return softmax_offset(p)
-        return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions,
-                                                   prior.settings["floor"], channel_dim=0))
+        return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions, fold.floor,
+                                                   channel_dim=0))
 
 
 def predictor_for_trainer(trainer, predictor_class=None, **kwargs) -> nnUNetPredictor:

@@ -4,9 +4,12 @@
 * From a first prediction (test and unlabeled volumes): a coarse centre per organ, then the translation
   within a radius that minimises the KL divergence between the translated prediction and the reference
   template (:mod:`.kl_search`), searched exhaustively. The coarse centres come either from one joint
-  search over a common displacement of all found organs (``coarse="joint"``, the default;
+  search over a common displacement of all found organs (``coarse_placement="joint"``, the default;
   :mod:`.joint_search`) or, as in the paper, from each organ's largest predicted connected component
-  (``coarse="components"``).
+  (``coarse_placement="components"``).
+
+The settings are a :class:`~nnunet_stipple.positioning.settings.PositioningSettings`; the whole
+procedure around one placement (re-positioning, uniform fallback, report) is :mod:`.procedure`.
 
 The reference is the fold's mean aligned training mask of the class (stored with the prior). Because the
 voxel-wise KL to a binary reference is linear in the reference, its cost equals the average of the costs
@@ -37,14 +40,9 @@ from scipy import ndimage
 
 from nnunet_stipple.positioning.joint_search import joint_displacement
 from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius, prepare_reference
+from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes, organ_centre
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
-
-DEFAULT_SEARCH_RADIUS_MM = 20.0
-DEFAULT_ANATOMY_TOLERANCE_MM = 60.0
-DEFAULT_REPOSITIONING_STEPS = 1
-COARSE_METHODS = ("joint", "components")
-DEFAULT_COARSE = "joint"
 
 
 def centres_from_label(label: np.ndarray, classes: Sequence[int]) -> Dict[int, List[float]]:
@@ -72,7 +70,7 @@ class ClassPlacement:
 @dataclass
 class Placement:
     classes: Dict[int, ClassPlacement] = field(default_factory=dict)
-    joint: Optional[dict] = None     # the joint search's displacement (coarse="joint", first placement only)
+    joint: Optional[dict] = None     # the joint search's displacement (joint coarse placement only)
 
     @property
     def ok(self) -> bool:
@@ -87,13 +85,6 @@ class Placement:
         """Mean KL-search confidence over the classes found by the prediction (0 if none)."""
         vals = [p.confidence for p in self.classes.values() if p.method == "kl"]
         return float(np.mean(vals)) if vals else 0.0
-
-    def to_json(self) -> dict:
-        out = {"confidence": self.confidence,
-               "classes": {str(c): p.__dict__ for c, p in sorted(self.classes.items())}}
-        if self.joint is not None:
-            out["joint"] = self.joint
-        return out
 
 
 COARSE_STRIDE_ABOVE_VOXELS = 2_000_000
@@ -128,25 +119,23 @@ def _prepared_reference(prior: SpatialPrior, c: int, radius):
 
 
 def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
-                                radius_mm: float = DEFAULT_SEARCH_RADIUS_MM,
+                                settings: PositioningSettings = PositioningSettings(),
                                 start_centres: Optional[Dict[int, Optional[Sequence[float]]]] = None,
-                                eps: float = 1e-4,
-                                anatomy_tolerance_mm: Optional[float] = DEFAULT_ANATOMY_TOLERANCE_MM,
-                                coarse: str = DEFAULT_COARSE) -> Placement:
-    """Place every class of ``prior`` in a volume from class probabilities (num_outputs, *S).
+                                eps: float = 1e-4) -> Placement:
+    """One placement of every class of ``prior`` in a volume from class probabilities (num_outputs, *S).
 
-    ``coarse`` chooses the starting centres of the per-class KL searches: ``"joint"`` (the found classes
-    at their mean training centres plus the common displacement of :mod:`.joint_search`) or
-    ``"components"`` (each class's largest predicted component). ``start_centres`` (optional) replaces
-    both, e.g. the previous placement when re-positioning from prior-driven probabilities.
-    ``anatomy_tolerance_mm`` (``None`` or 0 switches the check off) rejects placements that disagree with
-    the displacement most classes agree on (module docstring)."""
-    if coarse not in COARSE_METHODS:
-        raise ValueError(f"coarse must be one of {', '.join(COARSE_METHODS)}, got {coarse!r}")
+    ``settings.coarse_placement`` chooses the starting centres of the per-class KL searches (radius
+    ``settings.search_radius_mm``): ``"joint"`` (the found classes at their mean training centres plus the
+    common displacement of :mod:`.joint_search`) or ``"components"`` (each class's largest predicted
+    component). ``start_centres`` (optional) replaces both, e.g. the previous placement when re-positioning
+    from prior-driven probabilities. ``settings.anatomy_tolerance_mm`` (0 switches the check off) rejects
+    placements that disagree with the displacement most classes agree on (module docstring). The
+    re-positioning steps are the caller's: :func:`nnunet_stipple.positioning.procedure.place_prior`."""
     probs = np.asarray(probabilities, dtype=np.float32)
     if probs.ndim != 4 or probs.shape[0] < prior.num_outputs:
         raise ValueError(f"probabilities must be (>= {prior.num_outputs}, X, Y, Z), got {probs.shape}")
-    radius = mm_to_voxel_radius(radius_mm, prior.spacing)
+    coarse = settings.coarse_placement
+    radius = mm_to_voxel_radius(settings.search_radius_mm, prior.spacing)
     argmax = probs.argmax(0).astype(np.int32)
     # one pass for every class's bounding box; connected components then only run inside each box
     boxes = ndimage.find_objects(argmax, max_label=prior.num_outputs - 1)
@@ -180,8 +169,8 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
             centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in centre0],
             offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),
             predicted_voxels=n)
-    if anatomy_tolerance_mm:
-        _reject_inconsistent(prior, placement, anatomy_tolerance_mm)
+    if settings.anatomy_tolerance_mm:
+        _reject_inconsistent(prior, placement, settings.anatomy_tolerance_mm)
     _place_missing_relative(prior, placement)
     return placement
 

@@ -9,12 +9,15 @@ Conventions shared by building, training and prediction (keep them in one place)
   "such that every example fits into it"); a centre of mass would not guarantee that.
 * A box of size ``E`` around a (possibly fractional) centre ``c`` starts at ``floor(c - (E - 1) / 2)``.
 * Slice ``s`` of a box of depth ``Ez`` (0-based within the box) falls in bin ``floor(s * B / Ez)``; this is
-  the paper's ``B * (s - z_min) / (z_max - z_min)`` without its off-by-one at ``s = z_max``.
+  the paper's ``B * (s - z_min) / (z_max - z_min)`` without its off-by-one at ``s = z_max``. One function,
+  :func:`bin_of_slice`, serves the numpy builder and the torch lookup of training. ``B`` defaults to
+  :data:`DEFAULT_NUM_BINS` everywhere (trainers, commands, studies).
 * Each bin is normalised by the number of slices it received. Box slices outside the volume are not
   counted (nothing is known there); in-plane box voxels outside the image count as "organ absent".
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
@@ -22,6 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 Box = Tuple[int, int, int]
+
+DEFAULT_NUM_BINS = 5    # B of the paper for every label proportion (B = 1: the 2D prior of the MIDL paper)
 
 
 def box_start(centre: Sequence[float], box_size: Sequence[int]) -> np.ndarray:
@@ -31,8 +36,13 @@ def box_start(centre: Sequence[float], box_size: Sequence[int]) -> np.ndarray:
     return np.floor(centre - (size - 1) / 2 + 1e-9).astype(np.int64)
 
 
-def bin_of_slice(slice_in_box: np.ndarray, depth: int, num_bins: int) -> np.ndarray:
-    """Bin index of slices ``0..depth-1`` of a box squeezed into ``num_bins`` bins."""
+def bin_of_slice(slice_in_box, depth: int, num_bins: int):
+    """Bin index of slices ``0..depth-1`` of a box squeezed into ``num_bins`` bins (module docstring).
+
+    A torch tensor (training's prior lookup) gives a tensor on its device; anything else a numpy array."""
+    torch = sys.modules.get("torch")    # a tensor exists only if torch is imported: no import for numpy users
+    if torch is not None and isinstance(slice_in_box, torch.Tensor):
+        return (slice_in_box.long() * num_bins) // depth
     return (np.asarray(slice_in_box, dtype=np.int64) * num_bins) // depth
 
 

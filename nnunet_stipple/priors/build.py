@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.priors.algorithm import ClassHistogram, class_bounding_boxes, largest_extents, organ_centre
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, ClassHistogram, class_bounding_boxes, largest_extents, \
+    organ_centre
 from nnunet_stipple.priors.geometry import UnknownGeometryError, axial_axis_of_cases
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
@@ -187,7 +188,7 @@ def read_case_boxes(ds: PreprocessedDataset, case_ids: Sequence[str], desc: str 
     return boxes, props, shapes
 
 
-def build_fold_prior(ds: PreprocessedDataset, fold: Union[int, str], num_bins: int = 5,
+def build_fold_prior(ds: PreprocessedDataset, fold: Union[int, str], num_bins: int = DEFAULT_NUM_BINS,
                      training_cases: Optional[Sequence[str]] = None, axial_axis: Optional[int] = None,
                      centre_cases: Optional[Sequence[str]] = None) -> SpatialPrior:
     """Algorithm 1 for every foreground class over the fold's training cases.
@@ -274,7 +275,7 @@ def prior_matches(prior: SpatialPrior, ds: PreprocessedDataset, fold, num_bins: 
     return reasons
 
 
-def load_or_build(ds: PreprocessedDataset, fold, num_bins: int = 5,
+def load_or_build(ds: PreprocessedDataset, fold, num_bins: int = DEFAULT_NUM_BINS,
                   training_cases: Optional[Sequence[str]] = None, centre_cases: Optional[Sequence[str]] = None,
                   overwrite: bool = False, figures: bool = True, axial_axis: Optional[int] = None,
                   path: Optional[Path] = None, log=print) -> Tuple[SpatialPrior, Path]:
@@ -333,7 +334,7 @@ def parse_fold(fold: Union[int, str]) -> Union[int, str]:
 
 
 def build_priors(dataset: Union[int, str], configuration: str, folds: Sequence[Union[int, str]],
-                 num_bins: int = 5, plans_identifier: str = "nnUNetPlans", overwrite: bool = False,
+                 num_bins: int = DEFAULT_NUM_BINS, plans_identifier: str = "nnUNetPlans", overwrite: bool = False,
                  figures: bool = True, axial_axis: Optional[int] = None, log=print) -> List[Path]:
     """Build (or reuse) the spatial prior of every fold in ``folds``; returns the ``fold_F.npz`` paths.
 

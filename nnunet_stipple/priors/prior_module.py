@@ -12,15 +12,17 @@ trainer and predictor remove that hook with :func:`allow_prior_free_forward`.
 from __future__ import annotations
 
 import json
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from nnunet_stipple.priors.algorithm import bin_of_slice
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 PRIOR_ATTRIBUTE = "stipple_prior"
+METADATA_BUFFER = "meta_json"
 _REFUSAL_HANDLE = "_stipple_refusal_hook"
 
 
@@ -38,7 +40,7 @@ class PriorModule(nn.Module):
     # ---- content ----------------------------------------------------------------------------------------
     @property
     def is_set(self) -> bool:
-        return "meta_json" in self._buffers
+        return METADATA_BUFFER in self._buffers
 
     def set_prior(self, prior: SpatialPrior, settings: Optional[dict] = None) -> None:
         device = next(iter(self._buffers.values())).device if self._buffers else torch.device("cpu")
@@ -47,7 +49,7 @@ class PriorModule(nn.Module):
         meta = prior.metadata()
         meta["case_centres"] = {}  # per-case centres are training data, not needed at inference
         meta["stipple_settings"] = dict(settings or {})
-        self.register_buffer("meta_json", torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+        self.register_buffer(METADATA_BUFFER, torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
                              .clone().to(device))
         for name, arr in prior.arrays().items():
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(arr)).to(device))
@@ -56,16 +58,15 @@ class PriorModule(nn.Module):
     def metadata(self) -> dict:
         if not self.is_set:
             raise PriorRequiredError("This network holds no STIPPLE prior.")
-        return json.loads(bytes(self.meta_json.cpu().numpy().tobytes()).decode())
+        return _decode_metadata(self.meta_json)
 
     @property
     def settings(self) -> dict:
+        """The trainer's settings stored with the prior (``STIPPLETrainer.stipple_settings``)."""
         return self.metadata().get("stipple_settings", {})
 
     def spatial_prior(self) -> SpatialPrior:
-        meta = self.metadata()
-        arrays = {k: v.detach().cpu().numpy() for k, v in self._buffers.items() if k != "meta_json"}
-        return SpatialPrior.from_metadata_and_arrays(meta, arrays, source="the checkpoint's STIPPLE prior")
+        return prior_of_buffers(self._buffers, "the network's STIPPLE prior")[0]
 
     # ---- state dict with shapes that depend on the prior ------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -148,7 +149,7 @@ class PriorModule(nn.Module):
                     inside = (rel >= 0) & (rel < box[d])
                     r = rel.clamp(0, box[d] - 1)
                     if d == a:
-                        r = (r * nb) // box[d]
+                        r = bin_of_slice(r, box[d], nb)
                     stride = int(np.prod(hs[d + 1:]))
                     term = r * stride + (t["hist_offset"][c] if d == 0 else 0)
                     terms.append(torch.where(inside, term, torch.full_like(term, outside)))
@@ -158,6 +159,26 @@ class PriorModule(nn.Module):
             values = t["table"][flat.clamp_max_(outside)]                              # (voxels, classes)
             out[i, classes] = values.t().reshape(len(classes), *spatial)
         return out
+
+
+def _decode_metadata(meta_json: torch.Tensor) -> dict:
+    return json.loads(bytes(meta_json.detach().cpu().numpy().tobytes()).decode())
+
+
+def prior_of_buffers(buffers: Mapping[str, torch.Tensor], source: str) -> Tuple[SpatialPrior, dict]:
+    """The prior held by a :class:`PriorModule`'s buffers (name -> tensor) and the trainer settings stored
+    with it; ``source`` names them in errors."""
+    meta = _decode_metadata(buffers[METADATA_BUFFER])
+    arrays = {k: v.detach().cpu().numpy() for k, v in buffers.items() if k != METADATA_BUFFER}
+    return SpatialPrior.from_metadata_and_arrays(meta, arrays, source=source), meta.get("stipple_settings", {})
+
+
+def prior_of_state_dict(state_dict: Mapping[str, torch.Tensor], source: str) -> Tuple[SpatialPrior, dict]:
+    """The prior in a STIPPLE network's state dict (e.g. one fold's parameters in a predictor) and the
+    trainer settings stored with it; ``source`` (the checkpoint) names them in errors."""
+    prefix = PRIOR_ATTRIBUTE + "."
+    return prior_of_buffers({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)},
+                            f"the STIPPLE prior in {source}")
 
 
 def attach_prior_module(network: nn.Module) -> nn.Module:

@@ -19,7 +19,9 @@ which are what positions the prior at test time, become a poor first prediction.
 training samples therefore gets a uniform prior (plain softmax), which keeps the visual logits usable.
 
 Settings are class attributes (variants in :mod:`.variants` change one each); they are written to
-``stipple.json`` in the fold folder and stored in the checkpoint with the prior.
+``stipple.json`` in the fold folder and stored in the checkpoint with the prior. The positioning settings
+(``stipple_search_radius_mm`` ...) become one :class:`PositioningSettings` when the trainer is created,
+which checks them.
 """
 from __future__ import annotations
 
@@ -46,10 +48,8 @@ from torch import distributed as dist
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.api import check_positioning_settings
-from nnunet_stipple.positioning.place import DEFAULT_ANATOMY_TOLERANCE_MM, DEFAULT_COARSE, \
-    DEFAULT_REPOSITIONING_STEPS, DEFAULT_SEARCH_RADIUS_MM
-from nnunet_stipple.priors.algorithm import box_start
+from nnunet_stipple.positioning.settings import STORED_KEY, PositioningSettings
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, box_start
 from nnunet_stipple.priors.build import load_or_build, open_preprocessed, prior_path
 from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_prior_module, prior_module_of, \
     unwrap_network
@@ -59,26 +59,22 @@ from nnunet_stipple.trainers.label_proportion import LabelProportionMixin
 
 
 class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
-    stipple_num_bins: int = 5                 # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
+    stipple_num_bins: int = DEFAULT_NUM_BINS  # B of Algorithm 1 (B = 1: the 2D prior of the MIDL paper)
     stipple_floor: float = DEFAULT_FLOOR      # every class probability is floored here before renormalising
     stipple_jitter_mm: float = 10.0           # uniform random prior translation in training, per axis (+-)
     stipple_prior_dropout: float = 0.2        # fraction of training samples with a uniform prior
-    # positioning (stored in the checkpoint, used by STIPPLE prediction): exhaustive KL search radius per axis
-    # (+-), re-searches from the prior-driven probabilities, rejection of placements off the organs' layout
-    # (0: off), first centres from one joint search ("joint") or each organ's largest component ("components")
-    stipple_search_radius_mm: float = DEFAULT_SEARCH_RADIUS_MM
-    stipple_repositioning_steps: int = DEFAULT_REPOSITIONING_STEPS
-    stipple_anatomy_tolerance_mm: float = DEFAULT_ANATOMY_TOLERANCE_MM
-    stipple_coarse_placement: str = DEFAULT_COARSE
+    # positioning (stored in the checkpoint, used by STIPPLE prediction; nnunet_stipple.positioning.settings
+    # says what each does): stipple_<setting> for every field of PositioningSettings
+    stipple_search_radius_mm: float = PositioningSettings.search_radius_mm
+    stipple_repositioning_steps: int = PositioningSettings.repositioning_steps
+    stipple_anatomy_tolerance_mm: float = PositioningSettings.anatomy_tolerance_mm
+    stipple_coarse_placement: str = PositioningSettings.coarse_placement
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # checked now, not when the final validation first positions a prior after the whole training
-        check_positioning_settings(self.stipple_search_radius_mm, self.stipple_anatomy_tolerance_mm,
-                                   self.stipple_coarse_placement,
-                                   where=f"{type(self).__name__} (stipple_search_radius_mm, "
-                                         f"stipple_anatomy_tolerance_mm, stipple_coarse_placement)")
+        self.positioning_settings = PositioningSettings.from_trainer(self)
         self._read_run_config()
         if self.run_config.num_bins is not None:
             self.stipple_num_bins = self.run_config.num_bins
@@ -88,12 +84,10 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
 
     # ---- settings -----------------------------------------------------------------------------------------
     def stipple_settings(self) -> dict:
-        return {"trainer": self.__class__.__name__, "run_config": self.run_config.to_json(), "num_bins": self.stipple_num_bins, "floor": self.stipple_floor,
+        return {"trainer": self.__class__.__name__, "run_config": self.run_config.to_json(),
+                "num_bins": self.stipple_num_bins, "floor": self.stipple_floor,
                 "jitter_mm": self.stipple_jitter_mm, "prior_dropout": self.stipple_prior_dropout,
-                "search_radius_mm": self.stipple_search_radius_mm,
-                "repositioning_steps": self.stipple_repositioning_steps,
-                "anatomy_tolerance_mm": self.stipple_anatomy_tolerance_mm,
-                "coarse_placement": self.stipple_coarse_placement}
+                STORED_KEY: self.positioning_settings.to_json()}
 
     # ---- network ------------------------------------------------------------------------------------------
     @staticmethod

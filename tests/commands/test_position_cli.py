@@ -8,6 +8,7 @@ from nnunet_stipple.commands.position import main
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.api import position_prior
 from nnunet_stipple.positioning.place import centres_from_label
+from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 
@@ -56,8 +57,8 @@ def test_from_label_absent_class_and_nnunet_layout():
 def test_from_probabilities_recovers_position():
     lab = tiny_label()
     probs = np.stack([(lab == c).astype(np.float32) * 0.9 + 0.05 for c in range(3)])
-    res = position_prior(tiny_prior(), probabilities=probs, radius_mm=4)
-    assert res["method"] == "kl_search" and res["ok"]
+    res = position_prior(tiny_prior(), probabilities=probs, settings=PositioningSettings(search_radius_mm=4))
+    assert res["method"] == "kl_search" and res["ok"] and res["settings"]["search_radius_mm"] == 4.0
     assert res["centres"] == {"1": [5.5, 5.0, 5.0], "2": [12.5, 10.0, 10.0]}
     assert 0 <= res["confidence"] <= 1
     json.dumps(res)
@@ -73,9 +74,7 @@ def test_from_probabilities_recovers_position():
     ({"probabilities": np.zeros((20, 16, 16))}, "3 dims"),
     ({"probabilities": np.zeros((2, 20, 16, 16))}, "2 channels but the prior has 3 classes"),
     ({"probabilities": np.full((3, 4, 4, 4), np.nan)}, "non-finite"),
-    ({"label": tiny_label(), "radius_mm": -1}, "non-negative"),
-    ({"label": tiny_label(), "anatomy_tolerance_mm": -5}, "anatomy tolerance"),
-    ({"label": tiny_label(), "anatomy_tolerance_mm": float("nan")}, "anatomy tolerance"),
+    ({"probabilities": np.full((3, 4, 4, 4), 0.5), "floor": 0.0}, "floor must be in"),
 ])
 def test_errors(kwargs, needle):
     with pytest.raises(StippleInputError, match=needle):
@@ -104,28 +103,40 @@ def test_cli_probabilities_to_file(tmp_path, capsys):
     lab = tiny_label()
     np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
     out = tmp_path / "sub" / "pos.json"
-    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--radius-mm", "4",
-                 "--anatomy-tolerance-mm", "30", "-o", str(out)]) == 0
+    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--search-radius-mm", "4",
+                 "--anatomy-tolerance-mm", "30", "--repositioning-steps", "0", "-o", str(out)]) == 0
     assert "kl_search" in capsys.readouterr().out
     written = json.loads(out.read_text())
-    assert written["centres"]["2"] == [12.5, 10.0, 10.0] and written["anatomy_tolerance_mm"] == 30.0
+    assert written["centres"]["2"] == [12.5, 10.0, 10.0]
+    assert written["settings"] == {"search_radius_mm": 4.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 30.0,
+                                   "coarse_placement": "joint"}
+    assert written["repositioning_steps"] == 0 and written["floor"] == 1e-3
 
 
-@pytest.mark.parametrize("coarse", ["joint", "components"])
-def test_cli_coarse_placement(tmp_path, capsys, coarse):
+@pytest.mark.parametrize("coarse, flags", [("joint", ["--search-radius-mm", "4", "--coarse-placement", "joint"]),
+                                           ("components", ["--radius-mm", "4", "--coarse", "components"])])
+def test_cli_coarse_placement(tmp_path, capsys, coarse, flags):
+    """The settings' own flags, and the older spellings --radius-mm and --coarse."""
     prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
     lab = tiny_label()
     np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
-    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), "--radius-mm", "4",
-                 "--coarse", coarse]) == 0
+    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"), *flags]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["coarse"] == coarse and result["centres"]["2"] == [12.5, 10.0, 10.0]
+    assert result["settings"]["coarse_placement"] == coarse and result["centres"]["2"] == [12.5, 10.0, 10.0]
+    assert result["settings"]["search_radius_mm"] == 4.0 and result["repositioning_steps"] == 1
     assert (result["joint"] is not None) == (coarse == "joint")
 
 
-def test_cli_unknown_coarse_placement(tmp_path, capsys):
-    code, captured = run_main(["--prior", "p.npz", "--probabilities", "p.npz", "--coarse", "centre"], capsys)
-    assert code == 2 and "invalid choice: 'centre'" in captured.err
+@pytest.mark.parametrize("flags, needle", [
+    (["--coarse", "centre"], "invalid choice: 'centre'"),
+    (["--search-radius-mm", "-1"], "the command line: search_radius_mm"),
+    (["--repositioning-steps", "-2"], "the command line: repositioning_steps"),
+    (["--repositioning-steps", "1.5"], "invalid int value: '1.5'"),
+    (["--anatomy-tolerance-mm", "nan"], "the command line: anatomy_tolerance_mm"),
+])
+def test_cli_bad_positioning_settings(tmp_path, capsys, flags, needle):
+    code, captured = run_main(["--prior", "p.npz", "--probabilities", "p.npz", *flags], capsys)
+    assert code == 2 and needle in captured.err
 
 
 @pytest.mark.parametrize("make, needle", [

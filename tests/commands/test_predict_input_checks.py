@@ -78,6 +78,8 @@ def run_main(argv, capsys):
     ("ok", ["-prev_stage_predictions", "prev"], ["cascade"]),
     ("ok", ["-num_parts", "2", "-part_id", "2"], ["-part_id"]),
     ("ok", ["-step_size", "1.5"], ["-step_size"]),
+    ("ok", ["--search-radius-mm", "-3"], ["the command line: search_radius_mm", "non-negative number, got -3.0"]),
+    ("ok", ["--repositioning-steps", "-1"], ["the command line: repositioning_steps", "non-negative integer"]),
     ("no_model", [], ["model folder", "does not exist"]),
 ])
 def test_cli_rejects_before_loading(tmp_path, capsys, setup, extra, needles):

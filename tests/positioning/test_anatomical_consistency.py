@@ -10,6 +10,7 @@ import pytest
 
 from nnunet_stipple.positioning.place import ClassPlacement, Placement, _place_missing_relative, \
     _reject_inconsistent, centres_from_label, position_from_probabilities
+from nnunet_stipple.positioning.settings import PositioningSettings
 from tests.positioning.test_place import _label, _onehot, _prior
 
 MEAN = {1: [10.0, 10.0, 10.0], 2: [20.0, 10.0, 10.0], 3: [10.0, 20.0, 10.0], 4: [30.0, 30.0, 30.0]}
@@ -74,12 +75,13 @@ def _with_far_false_positive():
     return target, first
 
 
-@pytest.mark.parametrize("tolerance_mm, class2_method", [(10.0, "relative"), (None, "kl"), (0.0, "kl")])
+@pytest.mark.parametrize("tolerance_mm, class2_method", [(10.0, "relative"), (0.0, "kl")])
 def test_far_false_positive_is_replaced_by_the_organ_layout(tolerance_mm, class2_method):
     prior = _prior([_label(), _label()])
     target, first = _with_far_false_positive()
-    placement = position_from_probabilities(prior, _onehot(first), radius_mm=3, anatomy_tolerance_mm=tolerance_mm,
-                                            coarse="components")
+    settings = PositioningSettings(search_radius_mm=3, anatomy_tolerance_mm=tolerance_mm,
+                                   coarse_placement="components")
+    placement = position_from_probabilities(prior, _onehot(first), settings)
     truth = centres_from_label(target, [1, 2])
     assert placement.classes[1].method == "kl" and placement.centres[1] == pytest.approx(truth[1])
     assert placement.classes[2].method == class2_method

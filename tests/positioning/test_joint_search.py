@@ -12,6 +12,7 @@ from nnunet_stipple.positioning.api import position_prior
 from nnunet_stipple.positioning.joint_search import _grid_inputs, block_mean, brute_force_joint_costs, \
     coarse_factors, joint_costs, joint_displacement
 from nnunet_stipple.positioning.place import centres_from_label, position_from_probabilities
+from nnunet_stipple.positioning.settings import PositioningSettings
 from tests.positioning.test_anatomical_consistency import _with_far_false_positive
 from tests.positioning.test_place import _label, _onehot, _prior
 
@@ -82,8 +83,8 @@ def test_the_larger_organ_decides_against_a_far_false_positive():
 def test_false_positive_no_longer_decides_where_its_organ_search_starts(coarse, class2_error):
     prior = _prior([_label(), _label()])
     target, first = _with_far_false_positive()
-    placement = position_from_probabilities(prior, _onehot(first), radius_mm=3, anatomy_tolerance_mm=0.0,
-                                            coarse=coarse)
+    settings = PositioningSettings(search_radius_mm=3, anatomy_tolerance_mm=0.0, coarse_placement=coarse)
+    placement = position_from_probabilities(prior, _onehot(first), settings)
     truth = centres_from_label(target, [1, 2])
     assert placement.centres[1] == pytest.approx(truth[1])
     error = np.abs(np.asarray(placement.centres[2]) - truth[2]).max()
@@ -92,31 +93,28 @@ def test_false_positive_no_longer_decides_where_its_organ_search_starts(coarse, 
     else:
         assert error == pytest.approx(class2_error)             # it started from the organs' layout
         assert placement.joint["classes"] == [1, 2] and placement.joint["displacement"] == [3, 0, 0]
-        assert placement.to_json()["joint"]["displacement"] == [3, 0, 0]
 
 
 def test_classes_without_predicted_voxels_are_placed_from_the_others():
     prior = _prior([_label(), _label()])
     target = _label(shift=4)
     target[target == 2] = 0
-    placement = position_from_probabilities(prior, _onehot(target), radius_mm=10, coarse="joint")
+    placement = position_from_probabilities(prior, _onehot(target), PositioningSettings(search_radius_mm=10))
     assert placement.joint["classes"] == [1]
     assert placement.classes[1].method == "kl" and placement.classes[2].method == "relative"
     assert placement.centres[2] == pytest.approx(list(np.asarray(prior.mean_centres[2]) + [4, 0, 0]))
 
 
 def test_unknown_coarse_method_is_refused():
-    prior = _prior([_label(), _label()])
-    with pytest.raises(ValueError, match="coarse must be one of joint, components"):
-        position_from_probabilities(prior, _onehot(_label()), coarse="centre")
-    with pytest.raises(StippleInputError, match="coarse placement must be one of"):
-        position_prior(prior, probabilities=_onehot(_label()), coarse="centre")
+    with pytest.raises(StippleInputError, match="coarse_placement must be one of joint, components"):
+        PositioningSettings(coarse_placement="centre")
 
 
 def test_position_prior_reports_the_joint_displacement():
     prior = _prior([_label(), _label()])
-    out = position_prior(prior, probabilities=_onehot(_label(shift=5)).astype(np.float32), radius_mm=5)
-    assert out["coarse"] == "joint" and out["joint"]["displacement"] == [5, 0, 0]
-    out = position_prior(prior, probabilities=_onehot(_label(shift=5)).astype(np.float32), radius_mm=5,
-                         coarse="components")
-    assert out["coarse"] == "components" and out["joint"] is None
+    probabilities = _onehot(_label(shift=5)).astype(np.float32)
+    out = position_prior(prior, probabilities=probabilities, settings=PositioningSettings(search_radius_mm=5))
+    assert out["settings"]["coarse_placement"] == "joint" and out["joint"]["displacement"] == [5, 0, 0]
+    out = position_prior(prior, probabilities=probabilities,
+                         settings=PositioningSettings(search_radius_mm=5, coarse_placement="components"))
+    assert out["settings"]["coarse_placement"] == "components" and out["joint"] is None

@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.api import check_positioning_settings
+from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.trainers import STIPPLETrainer
 
 CASES = [
     # (attribute, value, part of the message)
-    ("stipple_coarse_placement", "centre", "coarse placement must be one of joint, components, got 'centre'"),
-    ("stipple_search_radius_mm", -5.0, "search radius must be a non-negative number of mm, got -5.0"),
-    ("stipple_search_radius_mm", "20", "search radius must be a non-negative number of mm, got '20'"),
-    ("stipple_anatomy_tolerance_mm", float("inf"), "anatomy tolerance must be a non-negative number"),
-    ("stipple_anatomy_tolerance_mm", None, "anatomy tolerance must be a non-negative number"),
+    ("stipple_coarse_placement", "centre", "coarse_placement must be one of joint, components, got 'centre'"),
+    ("stipple_search_radius_mm", -5.0, "must be a non-negative number, got -5.0"),
+    ("stipple_search_radius_mm", "20", "must be a non-negative number, got '20'"),
+    ("stipple_anatomy_tolerance_mm", float("inf"), "anatomy_tolerance_mm (reject an organ placement"),
+    ("stipple_anatomy_tolerance_mm", None, "anatomy_tolerance_mm (reject an organ placement"),
+    ("stipple_repositioning_steps", 1.5, "repositioning_steps (re-searches"),
 ]
 
 
@@ -36,10 +37,7 @@ def test_trainer_refuses_bad_positioning_settings(nnunet_env, attribute, value, 
 def test_trainer_with_default_and_components_settings_is_created(nnunet_env):
     cls = type("STIPPLETrainer_Components", (STIPPLETrainer,), {"stipple_coarse_placement": "components",
                                                                  "stipple_anatomy_tolerance_mm": 0})
-    assert _make(nnunet_env, cls).stipple_settings()["coarse_placement"] == "components"
-    assert _make(nnunet_env, STIPPLETrainer).stipple_settings()["coarse_placement"] == "joint"
-
-
-@pytest.mark.parametrize("radius, tolerance, coarse", [(0, 0, "joint"), (20.0, 60.0, "components"), (3, 1e9, "joint")])
-def test_valid_settings_pass(radius, tolerance, coarse):
-    check_positioning_settings(radius, tolerance, coarse)
+    trainer = _make(nnunet_env, cls)
+    assert trainer.positioning_settings == PositioningSettings(coarse_placement="components", anatomy_tolerance_mm=0)
+    assert trainer.stipple_settings()["positioning"]["coarse_placement"] == "components"
+    assert _make(nnunet_env, STIPPLETrainer).stipple_settings()["positioning"] == PositioningSettings().to_json()

@@ -50,6 +50,8 @@ def test_training_writes_prior_settings_checkpoint_and_stipple_validation(traine
     assert (fold / "checkpoint_final.pth").is_file()
     settings = json.loads((fold / "stipple.json").read_text())
     assert settings["num_bins"] == 5 and settings["trainer"] == TRAINER
+    from nnunet_stipple.positioning.settings import PositioningSettings
+    assert settings["positioning"] == PositioningSettings().to_json()
     # the prior of the fold was built at the start of training, in nnUNet_preprocessed
     prior_file = trained["preprocessed_dataset"] / "stipple_priors" / "nnUNetPlans__3d_fullres" / "B5" / "fold_0.npz"
     assert prior_file.is_file() and prior_file.with_suffix(".json").is_file()
@@ -77,11 +79,13 @@ def test_continue_and_validation_only(trained):
 
 
 def test_stipple_predict_and_probabilities(trained, tmp_path):
+    """... with positioning settings overridden on the command line: the reports record the settings used."""
     env = trained["env"]
     out = tmp_path / "pred"
     _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
           "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
-          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1], env)
+          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1,
+          "--search-radius-mm", 7, "--coarse-placement", "components"], env)
     segs = sorted(out.glob("*.nii.gz"))
     assert len(segs) == 2
     img = sitk.ReadImage(str(trained["raw_dataset"] / "imagesUnlabeled" / segs[0].name.replace(".nii.gz", "_0000.nii.gz")))
@@ -94,6 +98,11 @@ def test_stipple_predict_and_probabilities(trained, tmp_path):
     assert len(reports) == 2
     fold_report = json.loads(reports[0].read_text())["folds"][0]
     assert "positioning_seconds" in fold_report
+    for report in reports:
+        fold_report = json.loads(report.read_text())["folds"][0]
+        assert fold_report["settings"] == {"search_radius_mm": 7.0, "repositioning_steps": 1,
+                                           "anatomy_tolerance_mm": 60.0, "coarse_placement": "components"}
+        assert fold_report["floor"] == 1e-3
 
 
 def test_plain_nnunet_predict_refuses(trained, tmp_path):
@@ -206,9 +215,12 @@ def test_positioning_study_script(trained, tmp_path):
     out = tmp_path / "positioning.json"
     script = Path(__file__).resolve().parents[2] / "scripts" / "eval_positioning.py"
     proc = subprocess.run([sys.executable, str(script), "-m", str(trained["model"]), "-f", "0", "--max_cases", "2",
-                           "-o", str(out)], env=trained["env"], capture_output=True, text=True)
+                           "-o", str(out), "--search-radius-mm", "10"], env=trained["env"], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
+    assert res["settings"]["auto"]["search_radius_mm"] == 10.0 and res["settings"]["naive"]["search_radius_mm"] == 0
+    assert res["settings"]["components"] == dict(res["settings"]["auto"], coarse_placement="components")
     assert len(res["cases"]) == 2 and set(res["mean"]) == set(MODES)
     for case in res["cases"]:
         for mode in MODES:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-DEFAULT_BINS = 5                      # the paper's B for every proportion (and STIPPLETrainer's default)
+from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
+
+DEFAULT_BINS = DEFAULT_NUM_BINS       # the paper's B for every proportion (one default with the trainer and the builder)
 
 
 @dataclass(frozen=True)

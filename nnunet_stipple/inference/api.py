@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.inference.input_checks import check_input_folder
+from nnunet_stipple.inference.input_checks import check_checkpoint_readable, check_image_geometry, check_input_folder, \
+    check_output_folder, model_expects_volumes
 
 DEFAULT_TRAINER = "STIPPLETrainer"
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
@@ -127,8 +128,19 @@ def check_prediction_inputs(input_folder, output_folder, model_folder, folds: Op
     if Path(output_folder).resolve() == Path(input_folder).resolve():
         raise StippleInputError(f"The output folder (-o) is the input folder (-i) {input_folder}; predictions would "
                                 f"be written between the images. Use another output folder.")
+    check_output_folder(output_folder)
     dataset_json = check_model_folder(model_folder, folds, checkpoint_name)
-    return check_input_folder(input_folder, dataset_json)
+    for fold in folds if folds is not None else _trained_folds(model_folder, checkpoint_name):
+        check_checkpoint_readable(Path(model_folder) / f"fold_{fold}" / checkpoint_name)
+    cases = check_input_folder(input_folder, dataset_json)
+    plans = json.loads((Path(model_folder) / "plans.json").read_text())
+    check_image_geometry(sorted(p for p in Path(input_folder).iterdir() if p.is_file() and not p.name.startswith(".")),
+                         volumes=model_expects_volumes(plans))
+    return cases
+
+
+def _trained_folds(model_folder, checkpoint_name: str) -> List[str]:
+    return [p.name[len("fold_"):] for p in sorted(Path(model_folder).glob("fold_*")) if (p / checkpoint_name).is_file()]
 
 
 def predict_folder(input_folder: "str | Path", output_folder: "str | Path", model_folder: "str | Path",
@@ -149,7 +161,7 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
     ``<output_folder>/stipple_positioning/``.
     ``num_processes_preprocessing == num_processes_segmentation_export == 0`` runs sequentially (no worker
     processes), as in nnU-Net."""
-    from nnunet_stipple.inference.predictor import POSITIONING_FOLDER, STIPPLEPredictor
+    from nnunet_stipple.inference.predictor import POSITIONING_FOLDER, STIPPLEPredictor, positioning_summary
     from nnunet_stipple.positioning.settings import PositioningSettings
     folds = parse_folds(folds)
     if not 0 < step_size <= 1:
@@ -180,4 +192,5 @@ def predict_folder(input_folder: "str | Path", output_folder: "str | Path", mode
                                      overwrite=overwrite, num_processes_preprocessing=num_processes_preprocessing,
                                      num_processes_segmentation_export=num_processes_segmentation_export,
                                      folder_with_segs_from_prev_stage=None, num_parts=num_parts, part_id=part_id)
+    print(positioning_summary(predictor.case_reports))
     return predictor

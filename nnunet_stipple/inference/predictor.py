@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -25,7 +26,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.procedure import PriorPlacement, place_at_centres, place_prior
+from nnunet_stipple.positioning.procedure import UNIFORM_FALLBACK, PriorPlacement, place_at_centres, place_prior
 from nnunet_stipple.positioning.settings import PositioningSettings, stored_positioning_settings
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
     prior_of_state_dict, unwrap_network
@@ -62,6 +63,7 @@ class STIPPLEPredictor(nnUNetPredictor):
         # checked now: a bad value must not wait until a model is loaded
         PositioningSettings().with_overrides(self.positioning_overrides, "positioning_overrides")
         self.last_report: Optional[dict] = None
+        self.case_reports: List[dict] = []      # every case predicted by this predictor (for the summary)
         self._current_case: Optional[str] = None
         self._sequential_cases: Optional[List[Optional[str]]] = None
         self._in_sequential = False
@@ -163,6 +165,7 @@ class STIPPLEPredictor(nnUNetPredictor):
         n_threads = torch.get_num_threads()
         param_sets = self.list_of_parameters if self.list_of_parameters else [None]
         total, reports = None, []
+        nonfinite = check_finite_input(data, case)
         for params in param_sets:
             visual, offsets, report = self.predict_fold(data, params, case)
             visual += offsets
@@ -172,8 +175,12 @@ class STIPPLEPredictor(nnUNetPredictor):
             total /= len(param_sets)
         torch.set_num_threads(n_threads)
         self.last_report = {"case": case, "folds": reports}
+        if nonfinite:
+            self.last_report["input_nonfinite_fraction"] = nonfinite
         if self.report_folder is not None and case is not None:
             write_json_atomic(Path(self.report_folder) / f"{case}.json", self.last_report)
+        self.case_reports.append(self.last_report)
+        print(positioning_line(self.last_report))
         empty_cache(self.device)
         return total
 
@@ -231,6 +238,51 @@ class STIPPLEPredictor(nnUNetPredictor):
             return softmax_offset(p)
         return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions, fold.floor,
                                                    channel_dim=0))
+
+
+def check_finite_input(data: torch.Tensor, case: Optional[str]) -> float:
+    """The fraction of non-finite voxels of a preprocessed case (0 when all are finite), with a warning: an image
+    of NaNs still gives a full, confident-looking segmentation."""
+    finite = torch.isfinite(data)
+    if bool(finite.all()):
+        return 0.0
+    fraction = 1.0 - float(finite.float().mean())
+    warnings.warn(f"STIPPLE: case {case}: {100 * fraction:.1f} % of the image's voxels are NaN or infinite"
+                  + (" (no finite voxel at all): its segmentation is meaningless" if fraction == 1.0 else "")
+                  + ". Check the image file.")
+    return fraction
+
+
+def positioning_line(report: dict) -> str:
+    """One readable line per predicted case: per fold, how the prior was placed, its confidence, the organs the
+    layout check rejected, and the seconds positioning took."""
+    parts = []
+    for fold in report["folds"]:
+        classes = fold.get("classes", {})
+        rejected = [v.get("name", k) for k, v in classes.items() if v.get("rejected_centre") is not None]
+        confidence = fold.get("confidence")
+        parts.append(f"fold {fold.get('fold')}: {fold.get('method')}"
+                     + (f", confidence {confidence:.2f}" if isinstance(confidence, (int, float)) else "")
+                     + (f", rejected by the layout check: {', '.join(rejected)}" if rejected else "")
+                     + (f", {fold['positioning_seconds']:.1f} s" if "positioning_seconds" in fold else ""))
+    warning = ", INPUT NOT FINITE" if report.get("input_nonfinite_fraction") else ""
+    return f"STIPPLE positioning {report.get('case')}: " + "; ".join(parts) + warning
+
+
+def positioning_summary(reports: List[dict]) -> str:
+    """The summary line after a prediction run."""
+    folds = [f for r in reports for f in r["folds"]]
+    if not folds:
+        return "STIPPLE positioning: no case predicted"
+    fallbacks = sum(f.get("method") == UNIFORM_FALLBACK for f in folds)
+    confidences = [f["confidence"] for f in folds if isinstance(f.get("confidence"), (int, float))]
+    seconds = sum(f.get("positioning_seconds", 0.0) for f in folds)
+    rejected = sum(v.get("rejected_centre") is not None for f in folds for v in f.get("classes", {}).values())
+    nonfinite = sum(bool(r.get("input_nonfinite_fraction")) for r in reports)
+    return (f"STIPPLE positioning: {len(reports)} cases, {len(folds)} placements, {fallbacks} with a uniform prior "
+            f"(no organ found), mean confidence {np.mean(confidences) if confidences else float('nan'):.2f}, "
+            f"{rejected} organ placements rejected by the layout check, {seconds:.1f} s in all"
+            + (f"; {nonfinite} cases with non-finite image voxels" if nonfinite else ""))
 
 
 def predictor_for_trainer(trainer, predictor_class=None, **kwargs) -> nnUNetPredictor:

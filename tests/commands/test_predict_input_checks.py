@@ -52,12 +52,20 @@ def test_missing_folder(tmp_path):
 
 
 def fake_model_folder(root, folds=(0,), dj=DJ1):
+    import torch
     root.mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps(dj))
-    (root / "plans.json").write_text("{}")
+    (root / "plans.json").write_text(json.dumps({"original_median_shape_after_transp": [20, 30, 30]}))
     for f in folds:
-        make_files(root / f"fold_{f}", ["checkpoint_final.pth"])
+        (root / f"fold_{f}").mkdir()
+        torch.save({"network_weights": {}}, root / f"fold_{f}" / "checkpoint_final.pth")   # a readable zip
     return root
+
+
+def write_image(path, shape):
+    import numpy as np
+    import SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.float32), isVector=False), str(path))
 
 
 def run_main(argv, capsys):
@@ -81,19 +89,37 @@ def run_main(argv, capsys):
     ("ok", ["--search-radius-mm", "-3"], ["the command line: search_radius_mm", "non-negative number, got -3.0"]),
     ("ok", ["--repositioning-steps", "-1"], ["the command line: repositioning_steps", "non-negative integer"]),
     ("no_model", [], ["model folder", "does not exist"]),
+    ("output_is_file", [], ["is a file. Choose a folder (-o)"]),
+    ("output_under_file", [], ["cannot be created", "is a file, not a folder"]),
+    ("truncated_checkpoint", [], ["checkpoint_final.pth is not a readable torch checkpoint", "truncated"]),
+    ("image_4d", [], ["x_0000.nii.gz: 4-D image of size (7, 6, 5, 3)"]),
+    ("image_2d", [], ["x_0000.nii.gz: a 2-D image of size (7, 6)"]),
+    ("image_garbage", [], ["x_0000.nii.gz: not a readable image"]),
 ])
 def test_cli_rejects_before_loading(tmp_path, capsys, setup, extra, needles):
     model = tmp_path / "model" if setup == "no_model" else fake_model_folder(tmp_path / "model")
     names = {"empty": [], "missing_0000": ["x_0001.nii.gz"], "extra_channel": ["x_0000.nii.gz", "x_0001.nii.gz"],
              "wrong_ending": ["x_0000.nii"]}.get(setup, ["x_0000.nii.gz"])
     inp = make_files(tmp_path / "in", names)
+    shape = {"image_4d": (3, 5, 6, 7), "image_2d": (6, 7)}.get(setup, (5, 6, 7))
+    if setup not in ("empty", "missing_0000", "extra_channel", "wrong_ending", "image_garbage"):
+        write_image(inp / "x_0000.nii.gz", shape)
     out = inp if setup == "same_io" else tmp_path / "out"
+    if setup == "output_is_file":
+        out.write_text("a file")
+    elif setup == "output_under_file":
+        (tmp_path / "blocker").write_text("a file")
+        out = tmp_path / "blocker" / "out"
+    elif setup == "truncated_checkpoint":
+        ckpt = model / "fold_0" / "checkpoint_final.pth"
+        ckpt.write_bytes(ckpt.read_bytes()[:100])
     code, captured = run_main(["-i", str(inp), "-o", str(out), "-m", str(model), "-f", "0", "-device", "cpu",
                                *extra], capsys)
     assert code == 2, captured.err
     for needle in needles:
         assert needle in captured.err
-    assert not (tmp_path / "out").exists()          # nothing written before the checks pass
+    if setup != "output_is_file":
+        assert not (tmp_path / "out").exists()      # nothing written before the checks pass
 
 
 @pytest.mark.parametrize("argv", [

@@ -82,12 +82,16 @@ def test_stipple_predict_and_probabilities(trained, tmp_path):
     """... with positioning settings overridden on the command line: the reports record the settings used."""
     env = trained["env"]
     out = tmp_path / "pred"
-    _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
-          "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
-          "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1,
-          "--search-radius-mm", 7, "--coarse-placement", "components"], env)
+    proc = _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
+                 "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, "-tr", TRAINER, "-device", "cpu",
+                 "--disable_tta", "--save_probabilities", "-npp", 1, "-nps", 1,
+                 "--search-radius-mm", 7, "--coarse-placement", "components"], env)
     segs = sorted(out.glob("*.nii.gz"))
     assert len(segs) == 2
+    # a readable line per case and a summary (issue 12)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("STIPPLE positioning ")]
+    assert sorted(ln.split(":")[0] for ln in lines) == sorted(f"STIPPLE positioning {s.name[:-7]}" for s in segs)
+    assert "STIPPLE positioning: 2 cases, 2 placements" in proc.stdout
     img = sitk.ReadImage(str(trained["raw_dataset"] / "imagesUnlabeled" / segs[0].name.replace(".nii.gz", "_0000.nii.gz")))
     seg = sitk.ReadImage(str(segs[0]))
     assert seg.GetSize() == img.GetSize()
@@ -263,3 +267,21 @@ def test_resume_with_changed_labeled_subset_is_refused_and_nothing_changes(train
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "num_epochs None -> 2 on resume (schedule)" in log
     assert json.loads((fold / "stipple_run_trained.json").read_text())["settings"]["num_epochs"] == 2
+
+
+def test_image_of_nans_is_predicted_with_a_warning(trained, tmp_path):
+    """Issue 12: an all-NaN image gave a full, confident-looking segmentation without a word."""
+    images = tmp_path / "images"
+    images.mkdir()
+    source = sorted((trained["raw_dataset"] / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
+    img = sitk.ReadImage(str(source), sitk.sitkFloat32)
+    nan = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(img).shape, np.nan, np.float32))
+    nan.CopyInformation(img)
+    sitk.WriteImage(nan, str(images / "nan_case_0000.nii.gz"))
+    out = tmp_path / "pred"
+    proc = _run(["nnUNetv2_stipple_predict", "-i", images, "-o", out, "-d", trained["dataset_id"], "-c", "3d_fullres",
+                 "-f", 0, "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0], trained["env"])
+    assert "nan_case: 100.0 % of the image's voxels are NaN or infinite" in proc.stderr
+    assert "INPUT NOT FINITE" in proc.stdout and "1 cases with non-finite image voxels" in proc.stdout
+    report = json.loads((out / "stipple_positioning" / "nan_case.json").read_text())
+    assert report["input_nonfinite_fraction"] == 1.0

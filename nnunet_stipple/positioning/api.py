@@ -60,6 +60,18 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
                 raise StippleInputError(f"The label holds non-integer values (dtype {lab.dtype}); give a "
                                         f"segmentation with integer class labels.")
             lab = np.rint(lab).astype(np.int64)
+        values = np.unique(lab)
+        # 0 background, -1 outside nnU-Net's nonzero mask in its preprocessed segmentations
+        unknown = sorted(set(values.tolist()) - {0, -1} - set(prior.classes))
+        if unknown:
+            shown = ", ".join(str(v) for v in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10
+                                                                else "")
+            raise StippleInputError(
+                f"The label holds values that are not classes of the prior ({shown}; the prior's classes are "
+                f"{', '.join(f'{c} {n}' for c, n in sorted(prior.labels.items()))}, 0 is background). "
+                + ("It looks like an image, not a segmentation: give --label a label map."
+                   if len(values) > 2 * (len(prior.classes) + 2) or values.min() < -1 else
+                   "Give a label map of the prior's dataset."))
         placement = place_at_centres(prior, centres_from_label(lab, prior.classes), "label")
         return {**out, "shape": list(lab.shape), **placement.report}
     probs = _as_volume(probabilities, "probabilities", leading="K")
@@ -70,5 +82,10 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
             f"per class, background first.")
     if not np.issubdtype(probs.dtype, np.number) or not np.all(np.isfinite(probs)):
         raise StippleInputError("The probabilities hold non-finite or non-numeric values.")
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0 or high > 1 + 1e-3:
+        raise StippleInputError(
+            f"The probabilities range from {low:g} to {high:g}, outside [0, 1]: these look like logits. Give "
+            f"softmax probabilities (nnU-Net's --save_probabilities writes them), one channel per class.")
     placement = place_prior(prior, probs.astype(np.float32, copy=False), settings, floor)
     return {**out, "shape": list(probs.shape[1:]), **placement.report}

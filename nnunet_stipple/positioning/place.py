@@ -163,8 +163,11 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
             continue
         size = prior.box_size(c)
         start0 = box_start(centre0, size)
-        res = kl_translation_search(probs[c], _prepared_reference(prior, c, radius), tuple(int(v) for v in start0),
-                                    radius, eps=eps)
+        # a shift beyond the volume plus the box puts the box wholly outside: a huge radius is a search of the
+        # whole volume, not an FFT of exabytes
+        r = tuple(min(int(ri), int(si) + int(bi)) for ri, si, bi in zip(radius, probs.shape[1:], size))
+        res = kl_translation_search(probs[c], _prepared_reference(prior, c, r), tuple(int(v) for v in start0),
+                                    r, eps=eps)
         placement.classes[c] = ClassPlacement(
             centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in centre0],
             offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),

@@ -164,6 +164,9 @@ class SpatialPrior:
     @classmethod
     def load(cls, npz_path: "str | Path") -> "SpatialPrior":
         npz_path = Path(npz_path)
+        if npz_path.suffix != ".npz":
+            raise StippleInputError(f"{npz_path}: give the prior's .npz file ({npz_path.with_suffix('.npz').name}; "
+                                    f"its .json with the metadata must lie next to it).")
         json_path = npz_path.with_suffix(".json")
         for p in (npz_path, json_path):
             if not p.is_file():

@@ -187,3 +187,59 @@ def test_label_of_preprocessed_cases_recovers_prior_centres(nnunet_env, tmp_path
         else:
             centres = position_prior(prior, label=seg)["centres"]
         assert {k: v for k, v in centres.items() if v is not None} == expected
+
+
+def _ct_like(d):
+    """A CT image (Hounsfield units) given where a label belongs."""
+    rng = np.random.default_rng(0)
+    np.save(d / "x.npy", rng.integers(-1024, 2000, size=(20, 16, 16)).astype(np.int16))
+    return "--label"
+
+
+def _logits(d):
+    lab = tiny_label()
+    np.savez(d / "x.npz", probabilities=np.stack([(lab == c) * 8.0 - 4.0 for c in range(3)]))
+    return "--probabilities"
+
+
+def _other_labels(d):
+    lab = tiny_label()
+    lab[0, 0, 0] = 7
+    np.save(d / "x.npy", lab)
+    return "--label"
+
+
+@pytest.mark.parametrize("make, needles", [
+    (_ct_like, ["not classes of the prior", "looks like an image, not a segmentation"]),
+    (_other_labels, ["not classes of the prior (7;", "1 liver, 2 spleen"]),
+    (_logits, ["range from -4 to 4, outside [0, 1]: these look like logits"]),
+])
+def test_cli_wrong_kind_of_input(tmp_path, capsys, make, needles):
+    """Issue 12: a CT as --label gave exit 0 with every organ at the image centre; logits gave a ValueError naming
+    an internal variable."""
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    flag = make(tmp_path)
+    name = "x.npy" if flag == "--label" else "x.npz"
+    code, captured = run_main(["--prior", str(prior_path), flag, str(tmp_path / name)], capsys)
+    assert code == 2
+    for needle in needles:
+        assert needle in captured.err
+
+
+def test_cli_prior_json_instead_of_npz(tmp_path, capsys):
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    np.save(tmp_path / "lab.npy", tiny_label())
+    code, captured = run_main(["--prior", str(prior_path.with_suffix(".json")), "--label", str(tmp_path / "lab.npy")],
+                              capsys)
+    assert code == 2 and "give the prior's .npz file (fold_0.npz" in captured.err
+
+
+def test_huge_radius_is_bounded_by_the_volume(tmp_path, capsys):
+    """Issue 12: --radius-mm 1e6 asked for exabytes; the search is bounded by the volume and finds the organs."""
+    prior_path = tiny_prior().save(tmp_path / "fold_0.npz")
+    lab = tiny_label()
+    np.savez(tmp_path / "p.npz", probabilities=np.stack([(lab == c) * 0.9 + 0.05 for c in range(3)]))
+    assert main(["--prior", str(prior_path), "--probabilities", str(tmp_path / "p.npz"),
+                 "--radius-mm", "1e6"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["centres"] == {"1": [5.5, 5.0, 5.0], "2": [12.5, 10.0, 10.0]}

@@ -44,7 +44,7 @@ def _peak_memory_mb(device: str) -> float:
 def _trainer(method: str, dataset: str, configuration: str, fold: int, device: str, plans: str):
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_stipple.priors.build import open_preprocessed
+    from nnunet_stipple.nnunet_folders import open_preprocessed
     from nnunet_stipple.trainers import STIPPLETrainer
     ds = open_preprocessed(dataset, configuration, plans)
     cls = STIPPLETrainer if method == STIPPLE else nnUNetTrainer
@@ -112,8 +112,8 @@ def measure_prediction(method: str, dataset: str, configuration: str, fold: int,
 
 def measure_prior_build(dataset: str, configuration: str, fold: int, plans: str, num_bins: int) -> dict:
     import numpy as np
-    from nnunet_stipple.priors.build import (build_fold_prior, dataset_class_for, open_preprocessed,
-                                             training_cases_of_fold)
+    from nnunet_stipple.priors.build import build_fold_prior
+    from nnunet_stipple.nnunet_folders import dataset_class_for, open_preprocessed, training_cases_of_fold
     ds = open_preprocessed(dataset, configuration, plans)
     tr, _ = training_cases_of_fold(ds, fold)
     cls = dataset_class_for(ds)(str(ds.data_folder), list(tr))

@@ -50,7 +50,7 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     from nnunet_stipple.inference.api import stipple_trainers_findable
     from nnunet_stipple.inference.predictor import STIPPLEPredictor
     from nnunet_stipple.positioning.place import centres_from_label
-    from nnunet_stipple.priors.build import open_preprocessed, training_cases_of_fold, dataset_class_for
+    from nnunet_stipple.nnunet_folders import open_preprocessed, training_cases_of_fold, dataset_class_for
     import json
     plans = json.loads((Path(model_folder) / "plans.json").read_text())
     predictor = STIPPLEPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,

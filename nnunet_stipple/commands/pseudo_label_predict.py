@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from nnunet_stipple.commands import input_errors_exit
-from nnunet_stipple.priors.build import parse_fold
+from nnunet_stipple.nnunet_folders import parse_fold
 from nnunet_stipple.pseudo_labeling.shard import predict_pseudo_label_shard
 
 

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def locate_prior(dataset, configuration: str, fold, num_bins: int, plans_identifier: str) -> Path:
     """The prior file of (dataset, configuration, fold, B, plans); lists the built ones if it is missing."""
-    from nnunet_stipple.priors.build import PRIORS_FOLDER_NAME, open_preprocessed, parse_fold, prior_path
+    from nnunet_stipple.priors.build import PRIORS_FOLDER_NAME, prior_path
+    from nnunet_stipple.nnunet_folders import open_preprocessed, parse_fold
     ds = open_preprocessed(dataset, configuration, plans_identifier)
     path = prior_path(ds, parse_fold(fold), num_bins)
     if not path.is_file():

@@ -14,43 +14,18 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.nnunet_folders import Fold, parse_folds, results_model_folder  # noqa: F401 (parse_folds: API)
 from nnunet_stipple.inference.input_checks import check_checkpoint_readable, check_image_geometry, check_input_folder, \
     check_output_folder, model_expects_volumes
 
 DEFAULT_TRAINER = "STIPPLETrainer"
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-Fold = Union[int, str]
 
 
 def model_folder_of(dataset: Union[int, str], configuration: str, trainer: str = DEFAULT_TRAINER,
                     plans_identifier: str = "nnUNetPlans") -> Path:
     """``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION`` (as nnUNetv2_predict finds it)."""
-    if not os.environ.get("nnUNet_results"):
-        raise StippleInputError("The environment variable nnUNet_results is not set; set it to nnU-Net's results "
-                                "folder, or give the model folder with -m.")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-    try:
-        maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise StippleInputError(f"Dataset {dataset} not found under nnUNet_raw / nnUNet_preprocessed / "
-                                f"nnUNet_results ({str(e).splitlines()[0]}).") from e
-    return Path(get_output_folder(dataset, trainer, plans_identifier, configuration))
-
-
-def parse_folds(folds: Optional[Sequence[Fold]]) -> Optional[List[Fold]]:
-    if folds is None:
-        return None
-    out = []
-    for f in folds:
-        if str(f) == "all":
-            out.append("all")
-            continue
-        try:
-            out.append(int(f))
-        except (TypeError, ValueError):
-            raise StippleInputError(f"Fold {f!r} is neither a fold number nor 'all'.") from None
-    return out
+    return results_model_folder(dataset, configuration, trainer, plans_identifier)
 
 
 def check_model_folder(model_folder: "str | Path", folds: Optional[Sequence[Fold]],

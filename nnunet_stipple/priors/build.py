@@ -6,143 +6,22 @@ trainer would if it does not exist yet). Nothing under ``nnUNet_raw`` is written
 """
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.nnunet_folders import (PreprocessedDataset, dataset_class_for, open_preprocessed, parse_fold,
+                                           spacing_3d, training_cases_of_fold)
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, ClassHistogram, class_bounding_boxes, largest_extents, \
     organ_centre
 from nnunet_stipple.priors.geometry import UnknownGeometryError, axial_axis_of_cases
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 PRIORS_FOLDER_NAME = "stipple_priors"
-
-
-@dataclass(frozen=True)
-class PreprocessedDataset:
-    """Where nnU-Net keeps one dataset's preprocessed configuration, with everything the prior needs."""
-    name: str
-    base: Path                 # nnUNet_preprocessed/DatasetXXX_Name
-    plans_identifier: str
-    configuration: str
-    plans: dict
-    dataset_json: dict
-
-    @property
-    def configuration_manager(self):
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        return PlansManager(self.plans).get_configuration(self.configuration)
-
-    @property
-    def label_manager(self):
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        return PlansManager(self.plans).get_label_manager(self.dataset_json)
-
-    @property
-    def data_folder(self) -> Path:
-        return self.base / self.configuration_manager.data_identifier
-
-    @property
-    def transpose_forward(self) -> List[int]:
-        return list(self.plans["transpose_forward"])
-
-    @property
-    def foreground_labels(self) -> Dict[int, str]:
-        names = {v: k for k, v in self.dataset_json["labels"].items() if isinstance(v, int)}
-        return {int(c): names.get(c, f"label_{c}") for c in self.label_manager.foreground_labels}
-
-
-def spacing_3d(ds: "PreprocessedDataset") -> List[float]:
-    """Voxel spacing of the configuration's preprocessed arrays along all three axes.
-
-    nnU-Net's 2d configuration resamples in-plane only and keeps each case's own spacing along the first
-    axis; the dataset's median spacing stands in for it (it only converts mm settings to voxels)."""
-    spacing = [float(s) for s in ds.configuration_manager.spacing]
-    if len(spacing) == 2:
-        spacing = [float(ds.plans["original_median_spacing_after_transp"][0])] + spacing
-    return spacing
-
-
-def nnunet_preprocessed_root() -> Path:
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise StippleInputError("The environment variable nnUNet_preprocessed is not set. Set it to nnU-Net's "
-                                "preprocessed folder (see README.md, 'nnU-Net folders').")
-    return Path(root)
-
-
-def resolve_dataset_name(dataset: Union[int, str]) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise StippleInputError(f"Dataset {dataset} not found under nnUNet_raw / nnUNet_preprocessed / "
-                                f"nnUNet_results ({e}). Check the id and the nnU-Net folder variables.") from e
-
-
-def open_preprocessed(dataset: Union[int, str], configuration: str,
-                      plans_identifier: str = "nnUNetPlans") -> PreprocessedDataset:
-    import json
-    name = resolve_dataset_name(dataset)
-    base = nnunet_preprocessed_root() / name
-    plans_file = base / f"{plans_identifier}.json"
-    hint = (f"Run `nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration}` first"
-            f"{'' if plans_identifier == 'nnUNetPlans' else f' (with -pl/-overwrite_plans_name for {plans_identifier})'}.")
-    if not plans_file.is_file():
-        raise StippleInputError(f"{plans_file} does not exist: dataset {name} is not planned/preprocessed. {hint}")
-    plans = json.loads(plans_file.read_text())
-    if configuration not in plans["configurations"]:
-        raise StippleInputError(f"Configuration '{configuration}' is not in {plans_file} (available: "
-                                f"{', '.join(plans['configurations'])}).")
-    ds = PreprocessedDataset(name, base, plans_identifier, configuration, plans,
-                             json.loads((base / "dataset.json").read_text()))
-    if ds.configuration_manager.previous_stage_name is not None:
-        raise StippleInputError(f"Configuration '{configuration}' is a cascade stage; STIPPLE supports 2d, "
-                                f"3d_lowres and 3d_fullres (and ResEnc plans of these), not the cascade.")
-    folder = ds.data_folder
-    if not folder.is_dir() or not any(p.name.endswith((".b2nd", ".npz")) for p in folder.iterdir()):
-        raise StippleInputError(f"{folder} holds no preprocessed cases. {hint}")
-    return ds
-
-
-def dataset_class_for(ds: PreprocessedDataset):
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    return infer_dataset_class(str(ds.data_folder))
-
-
-def all_case_ids(ds: PreprocessedDataset) -> List[str]:
-    return sorted(dataset_class_for(ds).get_identifiers(str(ds.data_folder)))
-
-
-def load_splits(ds: PreprocessedDataset) -> List[dict]:
-    """nnU-Net's splits_final.json; created as nnU-Net's trainer would (5 folds, seed 12345) if missing."""
-    import json
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-    splits_file = ds.base / "splits_final.json"
-    if not splits_file.is_file():
-        splits = generate_crossval_split(all_case_ids(ds), seed=12345, n_splits=5)
-        write_json_atomic(splits_file, splits)
-        return splits
-    return json.loads(splits_file.read_text())
-
-
-def training_cases_of_fold(ds: PreprocessedDataset, fold: Union[int, str]) -> Tuple[List[str], List[str]]:
-    if str(fold) == "all":
-        cases = all_case_ids(ds)
-        return cases, cases
-    splits = load_splits(ds)
-    f = int(fold)
-    if not 0 <= f < len(splits):
-        raise StippleInputError(f"Fold {fold} is not in {ds.base / 'splits_final.json'} which has {len(splits)} "
-                                f"folds (0-{len(splits) - 1}). Use one of them, 'all', or add the split to the file.")
-    return sorted(splits[f]["train"]), sorted(splits[f]["val"])
 
 
 def prior_path(ds: PreprocessedDataset, fold: Union[int, str], num_bins: int) -> Path:
@@ -317,20 +196,6 @@ def figures_folder(npz_path: "str | Path") -> Path:
     """Where :func:`load_or_build` writes the PNG figures of the prior ``npz_path``."""
     npz_path = Path(npz_path)
     return npz_path.parent / f"{npz_path.stem}_figures"
-
-
-def parse_fold(fold: Union[int, str]) -> Union[int, str]:
-    """A fold as nnU-Net names it: a non-negative integer or ``'all'``."""
-    text = str(fold).strip()
-    if text == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or isinstance(fold, bool):
-        raise StippleInputError(f"Fold {fold!r} is neither a fold number (0, 1, ...) nor 'all'.")
-    return value
 
 
 def build_priors(dataset: Union[int, str], configuration: str, folds: Sequence[Union[int, str]],

@@ -122,7 +122,7 @@ class PseudoLabelLoopMixin:
 
     # ---- unlabeled data -------------------------------------------------------------------------------
     def unlabeled_cases(self) -> List[UnlabeledCase]:
-        from nnunet_stipple.priors.build import open_preprocessed
+        from nnunet_stipple.nnunet_folders import open_preprocessed
         ds = open_preprocessed(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name)
         tr, val = self.fold_split()
         axis = self.expected_axial_axis(ds)

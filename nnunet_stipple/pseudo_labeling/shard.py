@@ -29,7 +29,7 @@ def predict_pseudo_label_shard(dataset: Union[int, str], configuration: str, fol
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from nnunet_stipple.priors.build import parse_fold, resolve_dataset_name
+    from nnunet_stipple.nnunet_folders import parse_fold, resolve_dataset_name
     from nnunet_stipple.pseudo_labeling.loop import PL_FOLDER, PseudoLabelLoopMixin
 
     if num_parts < 1:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from nnunet_stipple.atomic import make_temp_dir
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.priors.build import PreprocessedDataset
+from nnunet_stipple.nnunet_folders import PreprocessedDataset
 from nnunet_stipple.priors.geometry import UnknownGeometryError, preprocessed_axial_axis
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"

@@ -50,7 +50,8 @@ from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.settings import STORED_KEY, PositioningSettings
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, box_start
-from nnunet_stipple.priors.build import load_or_build, open_preprocessed, prior_path
+from nnunet_stipple.priors.build import load_or_build, prior_path
+from nnunet_stipple.nnunet_folders import open_preprocessed
 from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_prior_module, prior_module_of, \
     unwrap_network
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, combine_class_probabilities

@@ -6,7 +6,8 @@ import pytest
 
 from nnunet_stipple.commands.build_priors import main
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.priors.build import build_priors, figures_folder, parse_fold
+from nnunet_stipple.priors.build import build_priors, figures_folder
+from nnunet_stipple.nnunet_folders import parse_fold
 
 from conftest import venv_script
 

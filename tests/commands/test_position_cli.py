@@ -169,7 +169,8 @@ def test_cli_spacing_warning(tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_label_of_preprocessed_cases_recovers_prior_centres(nnunet_env, tmp_path, capsys):
-    from nnunet_stipple.priors.build import build_priors, dataset_class_for, open_preprocessed
+    from nnunet_stipple.priors.build import build_priors
+    from nnunet_stipple.nnunet_folders import dataset_class_for, open_preprocessed
     env = nnunet_env
     [path] = build_priors(env["dataset_id"], "3d_fullres", [0], num_bins=4, figures=False, log=lambda *_: None)
     prior = SpatialPrior.load(path)

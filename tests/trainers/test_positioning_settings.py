@@ -19,7 +19,7 @@ CASES = [
 
 
 def _make(nnunet_env, cls):
-    from nnunet_stipple.priors.build import open_preprocessed
+    from nnunet_stipple.nnunet_folders import open_preprocessed
     ds = open_preprocessed(nnunet_env["dataset_name"], "3d_fullres", "nnUNetPlans")
     # nnU-Net's trainer pops 'continue_training' from the plans dict (run_training.py puts it there)
     return cls(dict(ds.plans, continue_training=False), "3d_fullres", 0, ds.dataset_json, torch.device("cpu"))

@@ -5,16 +5,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.nnunet_folders import resolve_dataset_name
 
 
 def resolve_dataset(dataset) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(str(dataset))
-    except (RuntimeError, ValueError) as e:
-        raise StippleInputError(f"Dataset {dataset} not found under nnUNet_raw / nnUNet_preprocessed ({e}). Check "
-                                f"the id and the nnU-Net folder variables.") from e
+    return resolve_dataset_name(dataset)
 
 
 def dataset_id(dataset_name: str) -> int:

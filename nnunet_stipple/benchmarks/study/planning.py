@@ -14,6 +14,7 @@ from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, METHODS, metho
 from nnunet_stipple.benchmarks.study.profiles import Profile
 from nnunet_stipple.benchmarks.study.study_folder import RUNS_FOLDER
 from nnunet_stipple.errors import StippleInputError
+from nnunet_stipple.nnunet_folders import parse_fold
 from nnunet_stipple.run_config import RUN_CONFIG_FILE, RunConfig
 
 SKIPPED_SAME = "same as without relabeling"
@@ -124,12 +125,10 @@ def check_bins(bins: Iterable[int]) -> List[int]:
 def check_folds(folds: Iterable) -> List[int]:
     out = []
     for f in folds:
-        try:
-            v = int(f)
-        except (TypeError, ValueError):
-            raise StippleInputError(f"Fold {f!r} is not an integer (the study uses the folds of splits_final.json).")
-        if v < 0:
-            raise StippleInputError(f"Fold {f!r} must be >= 0.")
+        v = parse_fold(f)
+        if v == "all":
+            raise StippleInputError("Fold 'all' has no validation cases of its own; the study uses the folds of "
+                                    "splits_final.json (0, 1, ...).")
         out.append(v)
     if not out:
         raise StippleInputError("No fold given (--folds).")

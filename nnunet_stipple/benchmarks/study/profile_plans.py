@@ -40,7 +40,7 @@ def coarse_target_spacing(fullres_spacing: Sequence[float], inplane_factor: floa
 def dataset_fullres_spacing(dataset_name: str) -> List[float]:
     """The dataset's 3d_fullres target spacing in array axis order (nnUNetPlans.json if planned, else what
     nnU-Net's planner would choose from the fingerprint)."""
-    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    from nnunet_stipple.nnunet_folders import nnunet_preprocessed_root
     base = nnunet_preprocessed_root() / dataset_name
     plans_file = base / "nnUNetPlans.json"
     if plans_file.is_file():
@@ -58,7 +58,7 @@ def ensure_cpu_small_plans(dataset_name: str, configuration: str, plans: str, st
     """Plan (``nnUNetv2_plan_experiment -overwrite_target_spacing ... -overwrite_plans_name``) and preprocess
     (``nnUNetv2_preprocess -plans_name ... -c CONFIG -np 2``) the coarse plans unless already done.
     Returns what was used (spacings, commands)."""
-    from nnunet_stipple.priors.build import nnunet_preprocessed_root, open_preprocessed
+    from nnunet_stipple.nnunet_folders import nnunet_preprocessed_root, open_preprocessed
     base = nnunet_preprocessed_root() / dataset_name
     plans_file = base / f"{plans}.json"
     info: dict = {"plans": plans, "commands": []}
@@ -111,7 +111,7 @@ def ensure_profile_plans(dataset_name: str, configuration: str, plans: str, redu
                          study_dir: Path, log: Callable[[str], None] = print) -> dict:
     """The reduced plans of a profile (:mod:`nnunet_stipple.benchmarks.reduced_plans`), after nnU-Net's own
     planning and preprocessing of ``configuration`` (``nnUNetv2_plan_and_preprocess -c CONFIG``) if missing."""
-    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    from nnunet_stipple.nnunet_folders import nnunet_preprocessed_root
     if plans == "nnUNetPlans":
         raise StippleInputError(f"The profile derives its own plans from nnUNetPlans and does not overwrite them: "
                                 f"leave -p out (it uses {CPU_2D_PLANS}) or give another plans name.")
@@ -131,7 +131,7 @@ def ensure_profile_plans(dataset_name: str, configuration: str, plans: str, redu
 
 def plans_summary(dataset_name: str, configuration: str, plans: str) -> dict:
     """Patch size / batch size / spacing of the used plans next to the dataset's own (nnUNetPlans)."""
-    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    from nnunet_stipple.nnunet_folders import nnunet_preprocessed_root
     base = nnunet_preprocessed_root() / dataset_name
     out = {}
     for key, ident in (("used", plans), ("paper", "nnUNetPlans")):

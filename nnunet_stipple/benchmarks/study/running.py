@@ -228,7 +228,7 @@ def _open_profile_plans(prof: Profile, dataset_name: str, configuration: str, pl
                         planning: Optional[dict], dry_run: bool, log: Callable[[str], None]):
     """The preprocessed dataset of the plans the profile trains with (None in a dry run before they exist) and
     study.json's record of their planning, made first where the profile has plans of its own."""
-    from nnunet_stipple.priors.build import open_preprocessed
+    from nnunet_stipple.nnunet_folders import open_preprocessed
     if prof.reduction is None and not prof.coarse_spacing:
         return open_preprocessed(dataset_name, configuration, plans), planning
     if dry_run:
@@ -254,7 +254,7 @@ def _open_profile_plans(prof: Profile, dataset_name: str, configuration: str, pl
 def check_configuration(dataset_name: str, configuration: str) -> None:
     """The configuration exists in nnU-Net's plans of the dataset (checked in a dry run too; the profiles derive
     their plans from nnUNetPlans and keep its configuration names)."""
-    from nnunet_stipple.priors.build import nnunet_preprocessed_root
+    from nnunet_stipple.nnunet_folders import nnunet_preprocessed_root
     plans_file = nnunet_preprocessed_root() / dataset_name / "nnUNetPlans.json"
     known = (list(json.loads(plans_file.read_text())["configurations"]) if plans_file.is_file()
              else ["2d", "3d_fullres", "3d_lowres"])
@@ -268,7 +268,7 @@ def check_configuration(dataset_name: str, configuration: str) -> None:
 def check_labeled_counts(alphas: Sequence[float], ds, folds: Sequence[int]) -> None:
     """Every proportion leaves at least one labeled case in every fold (--alphas takes percentages: 0.1 is
     0.1 %, not 10 %), checked before the first training instead of at it."""
-    from nnunet_stipple.priors.build import training_cases_of_fold
+    from nnunet_stipple.nnunet_folders import training_cases_of_fold
     from nnunet_stipple.pseudo_labeling.label_proportions import labeled_count
     if ds is None:
         return
@@ -286,7 +286,7 @@ def check_labeled_counts(alphas: Sequence[float], ds, folds: Sequence[int]) -> N
 def _fold_sizes(ds, folds: Sequence[int]) -> Tuple[Optional[int], Optional[int]]:
     """Training and validation cases of the first fold (for the estimate), once every fold is known to exist;
     (None, None) without a preprocessed dataset."""
-    from nnunet_stipple.priors.build import training_cases_of_fold
+    from nnunet_stipple.nnunet_folders import training_cases_of_fold
     if ds is None:
         return None, None
     try:
@@ -333,7 +333,7 @@ def run_cost(dataset, configuration: str, study_dir, plans: Optional[str] = None
     """Run :func:`nnunet_stipple.benchmarks.cost.run_cost_benchmark` and store its JSON as ``DIR/cost.json``
     (used by ``run`` for its time estimate)."""
     from nnunet_stipple.benchmarks.cost import format_summary, run_cost_benchmark
-    from nnunet_stipple.priors.build import open_preprocessed
+    from nnunet_stipple.nnunet_folders import open_preprocessed
     study_dir = Path(study_dir)
     dataset_name = resolve_dataset(dataset)
     existing = load_study(study_dir)

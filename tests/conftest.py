@@ -23,6 +23,16 @@ PHANTOM_DATASET_ID = 991
 PHANTOM_NAME = "STIPPLEPhantom"
 
 
+def run_refused(main, argv, capsys):
+    """Run a command's ``main(argv)`` in-process where it must stop with ``SystemExit`` (an input error or an
+    argparse usage error): returns (exit code, captured output); a traceback on stderr fails the test."""
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return excinfo.value.code, captured
+
+
 def venv_script(name: str) -> str:
     """Path of a console script installed next to the running Python (the project's venv)."""
     path = Path(sys.executable).parent / name

@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.commands.arguments import add_configuration, add_dataset, add_folds, add_plans
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PROG = "nnUNetv2_stipple_build_priors"
@@ -24,14 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
             "time and lets you inspect them."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id (as for nnUNetv2_train)")
-    parser.add_argument("-c", "--configuration", required=True,
-                        help="nnU-Net configuration (2d, 3d_fullres, 3d_lowres; not the cascade)")
-    parser.add_argument("-f", "--folds", required=True, nargs="+", metavar="FOLD",
-                        help="fold number(s) of splits_final.json and/or 'all' (all training cases)")
+    add_dataset(parser)
+    add_configuration(parser)
+    add_folds(parser, required=True, help="fold number(s) of splits_final.json and/or 'all' (all training cases)")
     parser.add_argument("-B", "--num-bins", type=int, default=DEFAULT_NUM_BINS,
                         help="number of bins along the axial axis; at most the smallest class depth in slices")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    add_plans(parser)
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching prior exists")
     parser.add_argument("--no-figures", action="store_true", help="do not write the PNG figures of the priors")
     parser.add_argument("--axial-axis", type=int, choices=(0, 1, 2), default=None,

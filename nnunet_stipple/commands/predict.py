@@ -6,6 +6,8 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.commands.arguments import add_checkpoint, add_configuration, add_dataset, add_device, add_folds, \
+    add_plans, add_trainer
 from nnunet_stipple.positioning.settings import add_positioning_arguments, positioning_overrides
 
 PROG = "nnUNetv2_stipple_predict"
@@ -37,15 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", required=True, help="input folder with CASE_XXXX<file_ending> images "
                                                   "(channels _0000 .. as in the training dataset)")
     parser.add_argument("-o", required=True, help="output folder (created if missing); must differ from -i")
-    parser.add_argument("-d", default=None, help="dataset name or id (with -c; or use -m)")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    parser.add_argument("-tr", default="STIPPLETrainer", help="trainer class the model was trained with")
-    parser.add_argument("-c", default=None, help="configuration (2d, 3d_fullres, 3d_lowres)")
+    add_dataset(parser, required=False, help="dataset name or id (with -c; or use -m)")
+    add_plans(parser)
+    add_trainer(parser, default="STIPPLETrainer")
+    add_configuration(parser, required=False, help="configuration (2d, 3d_fullres, 3d_lowres)")
     parser.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                         help="trained model folder (TRAINER__PLANS__CONFIGURATION with fold_X subfolders), instead "
                              "of -d/-p/-tr/-c, e.g. an installed or exported model; nnUNet_results is then not needed")
-    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
-                        help="folds to use (numbers and/or 'all'); their predictions are averaged")
+    add_folds(parser, default=[0, 1, 2, 3, 4], help="folds to use (numbers and/or 'all'); their predictions are averaged")
     parser.add_argument("-step_size", type=float, default=0.5,
                         help="sliding-window step size as a fraction of the patch size (at most 1)")
     parser.add_argument("--disable_tta", action="store_true",
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also export the prior-driven class probabilities (.npz + .pkl)")
     parser.add_argument("--continue_prediction", "--c", action="store_true",
                         help="continue an aborted prediction: do not overwrite existing outputs")
-    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
+    add_checkpoint(parser)
     parser.add_argument("-npp", type=int, default=_default_int("nnUNet_npp", 3),
                         help="processes for preprocessing (-npp 0 -nps 0: no worker processes)")
     parser.add_argument("-nps", type=int, default=_default_int("nnUNet_nps", 3),
@@ -64,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cascade input of nnUNetv2_predict; not supported by STIPPLE (rejected)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (jobs)")
     parser.add_argument("-part_id", type=int, default=0, help="which part (0 .. num_parts-1) this call predicts")
-    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to predict on; pick a GPU with CUDA_VISIBLE_DEVICES")
+    add_device(parser, help="device to predict on; pick a GPU with CUDA_VISIBLE_DEVICES")
     parser.add_argument("--disable_progress_bar", action="store_true", help="no progress bar (for batch jobs)")
     parser.add_argument("--not_on_device", action="store_true",
                         help="do not keep the whole case on the device (for cases larger than the GPU memory)")
@@ -81,18 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.m is not None and (args.d is not None or args.c is not None):
+    if args.m is not None and (args.dataset is not None or args.configuration is not None):
         parser.error("give either -m MODEL_FOLDER or -d DATASET -c CONFIGURATION, not both")
-    if args.m is None and (args.d is None or args.c is None):
+    if args.m is None and (args.dataset is None or args.configuration is None):
         parser.error("give -d DATASET and -c CONFIGURATION (or -m MODEL_FOLDER)")
     from nnunet_stipple.inference.api import model_folder_of, predict_folder
     with input_errors_exit(PROG):
-        model_folder = args.m if args.m is not None else model_folder_of(args.d, args.c, args.tr, args.p)
-        predict_folder(args.i, args.o, model_folder, folds=args.f, step_size=args.step_size,
+        model_folder = args.m if args.m is not None else model_folder_of(args.dataset, args.configuration, args.trainer,
+                                                                                     args.plans)
+        predict_folder(args.i, args.o, model_folder, folds=args.folds, step_size=args.step_size,
                        use_mirroring=not args.disable_tta, device=args.device,
                        perform_everything_on_device=not args.not_on_device, verbose=args.verbose,
                        allow_tqdm=not args.disable_progress_bar, save_probabilities=args.save_probabilities,
-                       overwrite=not args.continue_prediction, checkpoint_name=args.chk,
+                       overwrite=not args.continue_prediction, checkpoint_name=args.checkpoint,
                        num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
                        num_parts=args.num_parts, part_id=args.part_id,
                        positioning_report=not args.no_positioning_report,

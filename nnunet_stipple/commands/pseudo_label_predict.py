@@ -15,25 +15,27 @@ import argparse
 import sys
 
 from nnunet_stipple.commands import input_errors_exit
-from nnunet_stipple.nnunet_folders import parse_fold
+from nnunet_stipple.commands.arguments import add_configuration, add_dataset, add_device, add_fold, add_plans, \
+    add_trainer
 from nnunet_stipple.pseudo_labeling.shard import predict_pseudo_label_shard
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="nnUNetv2_stipple_pseudo_label_predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", required=True, help="configuration")
-    p.add_argument("-f", required=True, help="fold (as given to nnUNetv2_train)")
-    p.add_argument("-tr", required=True, help="the pseudo-labeling trainer of the run")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    add_dataset(p)
+    add_configuration(p)
+    add_fold(p, required=True, help="fold (as given to nnUNetv2_train)")
+    add_trainer(p, required=True, help="the pseudo-labeling trainer of the run")
+    add_plans(p, help="plans identifier (default nnUNetPlans)")
     p.add_argument("--round", type=int, required=True, help="round t >= 1 whose pseudo-labels to predict")
     p.add_argument("-num_parts", type=int, default=1, help="number of shards (default 1)")
     p.add_argument("-part_id", type=int, default=0, help="this shard, 0 .. num_parts-1 (default 0)")
-    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="device (default cuda)")
+    add_device(p, help="device (default cuda)")
     a = p.parse_args(argv)
     with input_errors_exit("nnUNetv2_stipple_pseudo_label_predict"):
-        cases = predict_pseudo_label_shard(a.d, a.c, parse_fold(a.f), a.tr, a.round, a.num_parts, a.part_id, a.p, a.device)
+        cases = predict_pseudo_label_shard(a.dataset, a.configuration, a.fold, a.trainer, a.round, a.num_parts,
+                                           a.part_id, a.plans, a.device)
     print(f"round {a.round}, shard {a.part_id + 1}/{a.num_parts}: {len(cases)} cases have pseudo-labels")
     return 0
 

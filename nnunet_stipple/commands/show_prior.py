@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.commands.arguments import add_configuration, add_dataset, add_fold, add_plans
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
@@ -25,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", nargs="?", default=None, metavar="PATH_TO_fold_X.npz",
                         help="prior file written by nnUNetv2_stipple_build_priors or by a STIPPLE trainer")
-    parser.add_argument("-d", "--dataset", default=None, help="dataset name or id (instead of PATH)")
-    parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration (with -d)")
-    parser.add_argument("-f", "--fold", default=None, help="fold number or 'all' (with -d)")
+    add_dataset(parser, required=False, help="dataset name or id (instead of PATH)")
+    add_configuration(parser, required=False, help="nnU-Net configuration (with -d)")
+    add_fold(parser, help="fold number or 'all' (with -d)")
     parser.add_argument("-B", "--num-bins", type=int, default=DEFAULT_NUM_BINS,
                         help="number of bins of the prior (with -d)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (with -d)")
+    add_plans(parser, help="plans identifier (with -d)")
     return parser
 
 

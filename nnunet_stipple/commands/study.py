@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_stipple.commands import input_errors_exit
+from nnunet_stipple.commands.arguments import add_configuration, add_dataset, add_device, add_fold, add_plans
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS
 
 PROG = "nnUNetv2_stipple_study"
@@ -28,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="plan and train the study's runs (resumable), then write the report")
-    run.add_argument("-d", "--dataset", required=True, help="dataset name or id")
-    run.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration (e.g. 3d_fullres)")
+    add_dataset(run, help="dataset name or id")
+    add_configuration(run, help="nnU-Net configuration (e.g. 3d_fullres)")
     run.add_argument("--study-dir", required=True, help="folder of the study (study.json, runs/, report/)")
     run.add_argument("--profile", default="cpu-small",
                      help="training budget (default cpu-small): " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()).replace("%", "%%"))
@@ -44,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bins-methods", nargs="+", default=["stipple_norelab"], metavar="METHOD",
                      help="prior methods that get one run per B (default stipple_norelab); other prior methods use "
                           "B = 5 (or the first B)")
-    run.add_argument("-p", "--plans", default=None,
-                     help="plans identifier (default: the profile's: "
-                          + ", ".join(f"{k} {v.plans}" for k, v in PROFILES.items()) + ")")
-    run.add_argument("-device", "--device", choices=["cpu", "cuda"], default=None,
-                     help="device of nnUNetv2_train (default: the profile's: "
-                          + ", ".join(f"{k} {v.device}" for k, v in PROFILES.items()) + ")")
+    add_plans(run, default=None, help="plans identifier (default: the profile's: "
+                                      + ", ".join(f"{k} {v.plans}" for k, v in PROFILES.items()) + ")")
+    add_device(run, default=None, choices=("cpu", "cuda"),
+               help="device of nnUNetv2_train (default: the profile's: "
+                    + ", ".join(f"{k} {v.device}" for k, v in PROFILES.items()) + ")")
     run.add_argument("--dry-run", action="store_true",
                      help="print the runs, their stipple_run.json and commands and the estimate; write nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
@@ -75,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     cost = sub.add_parser("cost", help="cost of STIPPLE vs plain nnU-Net (nnunet_stipple.benchmarks.cost), "
                                        "stored as STUDY_DIR/cost.json (used by `run` for its time estimate)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cost.add_argument("-d", "--dataset", required=True, help="dataset name or id (planned and preprocessed)")
-    cost.add_argument("-c", "--configuration", required=True)
+    add_dataset(cost, help="dataset name or id (planned and preprocessed)")
+    add_configuration(cost)
     cost.add_argument("--study-dir", required=True)
-    cost.add_argument("-p", "--plans", default=None, help="plans identifier (default: the study's, else nnUNetPlans)")
-    cost.add_argument("-f", "--fold", type=int, default=0)
-    cost.add_argument("-device", "--device", choices=["cpu", "cuda"], default="cpu")
+    add_plans(cost, default=None, help="plans identifier (default: the study's, else nnUNetPlans)")
+    add_fold(cost, default=0, help="fold whose cases are measured")
+    add_device(cost, default="cpu", choices=("cpu", "cuda"))
     cost.add_argument("--iterations", type=int, default=5, help="timed training iterations per run")
     cost.add_argument("--warmup", type=int, default=2, help="untimed training iterations per run")
     cost.add_argument("--repeats", type=int, default=2, help="alternating plain/STIPPLE runs of each measurement")

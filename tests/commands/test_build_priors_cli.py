@@ -9,7 +9,7 @@ from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.priors.build import build_priors, figures_folder
 from nnunet_stipple.nnunet_folders import parse_fold
 
-from conftest import venv_script
+from conftest import run_refused, venv_script
 
 B = 3   # a B no other test uses, so the shared preprocessed folder keeps other tests' priors untouched
 
@@ -20,11 +20,7 @@ def prior_file(env, fold, num_bins=B, configuration="3d_fullres"):
 
 
 def run_main(argv, capsys):
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return excinfo.value.code, captured
+    return run_refused(main, argv, capsys)
 
 
 @pytest.mark.parametrize("fold, expected", [(0, 0), ("3", 3), ("all", "all"), (" all ", "all")])

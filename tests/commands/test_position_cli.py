@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nnunet_stipple.commands.position import main
+from conftest import run_refused
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.api import position_prior
 from nnunet_stipple.positioning.place import centres_from_label
@@ -32,11 +33,7 @@ def tiny_label(shape=(20, 16, 16)):
 
 
 def run_main(argv, capsys):
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return excinfo.value.code, captured
+    return run_refused(main, argv, capsys)
 
 
 def test_from_label():

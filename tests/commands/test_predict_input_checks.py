@@ -4,6 +4,7 @@ import json
 import pytest
 
 from nnunet_stipple.commands.predict import main
+from conftest import run_refused
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.inference.input_checks import check_input_folder
 
@@ -69,11 +70,7 @@ def write_image(path, shape):
 
 
 def run_main(argv, capsys):
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return excinfo.value.code, captured
+    return run_refused(main, argv, capsys)
 
 
 @pytest.mark.parametrize("setup, extra, needles", [

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nnunet_stipple.commands.show_prior import main
+from conftest import run_refused
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 from nnunet_stipple.priors.summary import summarize_prior
 
@@ -23,11 +24,7 @@ def tiny_prior(spacing=(2.0, 1.0, 1.0)) -> SpatialPrior:
 
 
 def run_main(argv, capsys):
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return excinfo.value.code, captured
+    return run_refused(main, argv, capsys)
 
 
 @pytest.mark.parametrize("needle", [

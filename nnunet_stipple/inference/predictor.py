@@ -165,7 +165,7 @@ class STIPPLEPredictor(nnUNetPredictor):
         n_threads = torch.get_num_threads()
         param_sets = self.list_of_parameters if self.list_of_parameters else [None]
         total, reports = None, []
-        nonfinite = check_finite_input(data, case)
+        problem = check_input_intensities(data, case)
         for params in param_sets:
             visual, offsets, report = self.predict_fold(data, params, case)
             visual += offsets
@@ -175,8 +175,8 @@ class STIPPLEPredictor(nnUNetPredictor):
             total /= len(param_sets)
         torch.set_num_threads(n_threads)
         self.last_report = {"case": case, "folds": reports}
-        if nonfinite:
-            self.last_report["input_nonfinite_fraction"] = nonfinite
+        if problem:
+            self.last_report["input_problem"] = problem
         if self.report_folder is not None and case is not None:
             write_json_atomic(Path(self.report_folder) / f"{case}.json", self.last_report)
         self.case_reports.append(self.last_report)
@@ -240,17 +240,20 @@ class STIPPLEPredictor(nnUNetPredictor):
                                                    channel_dim=0))
 
 
-def check_finite_input(data: torch.Tensor, case: Optional[str]) -> float:
-    """The fraction of non-finite voxels of a preprocessed case (0 when all are finite), with a warning: an image
-    of NaNs still gives a full, confident-looking segmentation."""
+def check_input_intensities(data: torch.Tensor, case: Optional[str]) -> Optional[str]:
+    """What is wrong with a preprocessed case's intensities (None when nothing is), with a warning: NaN or infinite
+    voxels, or an image without any contrast (e.g. a NIfTI of NaNs, which SimpleITK reads as zeros) still give a
+    full, confident-looking segmentation."""
     finite = torch.isfinite(data)
-    if bool(finite.all()):
-        return 0.0
-    fraction = 1.0 - float(finite.float().mean())
-    warnings.warn(f"STIPPLE: case {case}: {100 * fraction:.1f} % of the image's voxels are NaN or infinite"
-                  + (" (no finite voxel at all): its segmentation is meaningless" if fraction == 1.0 else "")
-                  + ". Check the image file.")
-    return fraction
+    if not bool(finite.all()):
+        fraction = 1.0 - float(finite.float().mean())
+        problem = f"{100 * fraction:.1f} % of the image's voxels are NaN or infinite"
+    elif all(bool((channel == channel.flatten()[0]).all()) for channel in data):
+        problem = "the image is constant (no contrast at all; a file of NaNs is read as zeros)"
+    else:
+        return None
+    warnings.warn(f"STIPPLE: case {case}: {problem}: its segmentation is meaningless. Check the image file.")
+    return problem
 
 
 def positioning_line(report: dict) -> str:
@@ -265,7 +268,7 @@ def positioning_line(report: dict) -> str:
                      + (f", confidence {confidence:.2f}" if isinstance(confidence, (int, float)) else "")
                      + (f", rejected by the layout check: {', '.join(rejected)}" if rejected else "")
                      + (f", {fold['positioning_seconds']:.1f} s" if "positioning_seconds" in fold else ""))
-    warning = ", INPUT NOT FINITE" if report.get("input_nonfinite_fraction") else ""
+    warning = f"; INPUT: {report['input_problem']}" if report.get("input_problem") else ""
     return f"STIPPLE positioning {report.get('case')}: " + "; ".join(parts) + warning
 
 
@@ -278,11 +281,11 @@ def positioning_summary(reports: List[dict]) -> str:
     confidences = [f["confidence"] for f in folds if isinstance(f.get("confidence"), (int, float))]
     seconds = sum(f.get("positioning_seconds", 0.0) for f in folds)
     rejected = sum(v.get("rejected_centre") is not None for f in folds for v in f.get("classes", {}).values())
-    nonfinite = sum(bool(r.get("input_nonfinite_fraction")) for r in reports)
+    suspicious = sum(bool(r.get("input_problem")) for r in reports)
     return (f"STIPPLE positioning: {len(reports)} cases, {len(folds)} placements, {fallbacks} with a uniform prior "
             f"(no organ found), mean confidence {np.mean(confidences) if confidences else float('nan'):.2f}, "
             f"{rejected} organ placements rejected by the layout check, {seconds:.1f} s in all"
-            + (f"; {nonfinite} cases with non-finite image voxels" if nonfinite else ""))
+            + (f"; {suspicious} cases with a constant or non-finite image" if suspicious else ""))
 
 
 def predictor_for_trainer(trainer, predictor_class=None, **kwargs) -> nnUNetPredictor:

@@ -77,6 +77,8 @@ def test_loop_killed_mid_round_resumes_with_shards(phantom_preprocessed, pl_env)
     assert shard.returncode == 0, shard.stdout[-3000:] + shard.stderr[-3000:]
     done = subprocess.run(train + ["--c"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    # nnU-Net's splits banner once per trainer, not once per subset query (issue 12: 16 times in one run)
+    assert done.stdout.count("Using splits from existing split file") == 1
 
     state = json.loads((fold / "pseudo_labeling" / "state.json").read_text())
     assert state["finished_rounds"] == [0, 1]

@@ -57,6 +57,7 @@ def test_output_is_evaluable():
     assert proc.stdout == OURS
 
 
+@pytest.mark.e2e     # nnU-Net's trainer lookup in a fresh interpreter (about 8 s each)
 @pytest.mark.parametrize("current, ok, says", [
     (None, False, "nnUNet_extTrainer is not set"),
     ("/somewhere/else", False, "does not contain"),
@@ -77,6 +78,7 @@ def test_check_tells_the_truth_about_this_shell(monkeypatch, capsys, current, ok
         assert 'eval "$(nnUNetv2_stipple_env)"' in captured.err
 
 
+@pytest.mark.e2e
 def test_check_reports_an_unknown_trainer(monkeypatch, capsys):
     monkeypatch.setenv("nnUNet_extTrainer", OURS)
     assert main(["--check", "--trainer", "NoSuchTrainer_xyz"]) == 1

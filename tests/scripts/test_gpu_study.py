@@ -61,6 +61,7 @@ def test_help_and_bad_arguments(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.e2e     # runs the script's steps (install, data, study, collect) with fakes: about 30 s
 def test_steps_on_cpu_with_fakes(tmp_path):
     work, out, calls_file = tmp_path / "work", tmp_path / "out", tmp_path / "calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "nnUNet_extTrainer")}

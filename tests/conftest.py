@@ -33,6 +33,17 @@ def run_refused(main, argv, capsys):
     return excinfo.value.code, captured
 
 
+def training_env(phantom: dict, results: "Path | None" = None) -> dict:
+    """The environment for nnU-Net commands on the phantom: its folders (``results`` replacing nnUNet_results if
+    given), the STIPPLE trainers findable, 2 worker processes, no torch.compile."""
+    from nnunet_stipple.paths import ext_trainer_env_value
+    env = dict(phantom["env"], nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2", nnUNet_compile="f")
+    if results is not None:
+        env["nnUNet_results"] = str(results)
+    env["nnUNet_extTrainer"] = ext_trainer_env_value(env.get("nnUNet_extTrainer"))
+    return env
+
+
 def venv_script(name: str) -> str:
     """Path of a console script installed next to the running Python (the project's venv)."""
     path = Path(sys.executable).parent / name

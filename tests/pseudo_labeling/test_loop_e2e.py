@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import venv_script
+from tests.conftest import training_env, venv_script
 
 pytestmark = pytest.mark.e2e
 TRAINER = "STIPPLETrainer_PseudoLabel_CPUDemo"
@@ -37,11 +37,8 @@ def _cmd(*args):
 
 @pytest.fixture
 def pl_env(phantom_preprocessed, tmp_path):
-    from nnunet_stipple.paths import ext_trainer_env_value
     results = tmp_path / "results"
-    env = dict(phantom_preprocessed["env"], nnUNet_results=str(results), nnUNet_def_n_proc="2",
-               nnUNet_n_proc_DA="2", nnUNet_compile="f")
-    env["nnUNet_extTrainer"] = ext_trainer_env_value(env.get("nnUNet_extTrainer"))
+    env = training_env(phantom_preprocessed, results)
     base = results / phantom_preprocessed["dataset_name"] / f"{TRAINER}__nnUNetPlans__3d_fullres"
     base.mkdir(parents=True)
     (base / "stipple_run.json").write_text(json.dumps({"label_proportion": 0.5, "rounds": 1, "gamma_max": 0.6}))

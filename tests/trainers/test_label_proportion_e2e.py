@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import venv_script
+from tests.conftest import training_env, venv_script
 
 pytestmark = pytest.mark.e2e
 TRAINER = "nnUNetTrainer_LabelProportion"
@@ -21,11 +21,8 @@ def _sha(path) -> str:
 
 
 def test_plain_baseline_refuses_a_resume_with_another_labeled_subset(phantom_preprocessed, tmp_path):
-    from nnunet_stipple.paths import ext_trainer_env_value
     results = tmp_path / "results"
-    env = dict(phantom_preprocessed["env"], nnUNet_results=str(results), nnUNet_def_n_proc="2",
-               nnUNet_n_proc_DA="2", nnUNet_compile="f")
-    env["nnUNet_extTrainer"] = ext_trainer_env_value(env.get("nnUNet_extTrainer"))
+    env = training_env(phantom_preprocessed, results)
     model = results / phantom_preprocessed["dataset_name"] / f"{TRAINER}__nnUNetPlans__2d"
     model.mkdir(parents=True)
     (model / "stipple_run.json").write_text(json.dumps({**SCHEDULE, "label_proportion": 0.5, "label_seed": 0}))

@@ -15,18 +15,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import venv_script
+from tests.conftest import training_env, venv_script
 
 pytestmark = pytest.mark.e2e
 TRAINER = "STIPPLETrainer_CPUDemo"
 
 
 def _env(phantom):
-    from nnunet_stipple.paths import ext_trainer_env_value
-    env = dict(phantom["env"])
-    env["nnUNet_extTrainer"] = ext_trainer_env_value(env.get("nnUNet_extTrainer"))
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2", nnUNet_compile="f")
-    return env
+    return training_env(phantom)
 
 
 def _run(args, env, ok=True):

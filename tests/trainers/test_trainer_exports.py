@@ -3,7 +3,6 @@ are derived from the classes, so a new variant cannot be silently missing."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 
 import pytest
@@ -14,15 +13,17 @@ import nnunet_stipple.trainers as trainers
 
 
 def _defined_trainers() -> dict:
-    """nnUNetTrainer subclasses defined anywhere in nnunet_stipple (a brute-force walk of every module)."""
-    found = {}
+    """nnUNetTrainer subclasses defined anywhere in nnunet_stipple: every module imported, then nnU-Net's trainer
+    class hierarchy walked (another route than the package's own scan of module namespaces)."""
     for info in pkgutil.walk_packages(nnunet_stipple.__path__, prefix="nnunet_stipple."):
-        if ".commands." in info.name or info.name.endswith(".nnunet_ext.stipple_trainers"):
-            continue
-        module = importlib.import_module(info.name)
-        for name, obj in vars(module).items():
-            if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
-                found[name] = obj
+        if ".commands." not in info.name:
+            importlib.import_module(info.name)
+    found, todo = {}, [nnUNetTrainer]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("nnunet_stipple."):
+                found[sub.__name__] = sub
     return found
 
 

@@ -63,6 +63,12 @@ def fake_model_folder(root, folds=(0,), dj=DJ1):
     return root
 
 
+def _digests(root):
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def write_image(path, shape):
     import numpy as np
     import SimpleITK as sitk
@@ -110,9 +116,11 @@ def test_cli_rejects_before_loading(tmp_path, capsys, setup, extra, needles):
     elif setup == "truncated_checkpoint":
         ckpt = model / "fold_0" / "checkpoint_final.pth"
         ckpt.write_bytes(ckpt.read_bytes()[:100])
+    before = _digests(tmp_path)
     code, captured = run_main(["-i", str(inp), "-o", str(out), "-m", str(model), "-f", "0", "-device", "cpu",
                                *extra], capsys)
     assert code == 2, captured.err
+    assert _digests(tmp_path) == before     # images, checkpoints and everything else untouched
     for needle in needles:
         assert needle in captured.err
     if setup != "output_is_file":

@@ -30,7 +30,7 @@ def model_folder_of(dataset: Union[int, str], configuration: str, trainer: str =
 
 def check_model_folder(model_folder: "str | Path", folds: Optional[Sequence[Fold]],
                        checkpoint_name: str = "checkpoint_final.pth") -> dict:
-    """The model's dataset.json; checks plans.json and the checkpoint of every fold exist."""
+    """The model's dataset.json; checks plans.json and the checkpoint of every fold exist and are readable."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise StippleInputError(f"The model folder {model_folder} does not exist. Train it first "
@@ -48,6 +48,8 @@ def check_model_folder(model_folder: "str | Path", folds: Optional[Sequence[Fold
                 f"another checkpoint with -chk, or finish training.")
     elif not available:
         raise StippleInputError(f"{model_folder} holds no fold_X/{checkpoint_name}.")
+    for fold_folder in [f"fold_{f}" for f in folds] if folds is not None else available:
+        check_checkpoint_readable(model_folder / fold_folder / checkpoint_name)
     try:
         return json.loads((model_folder / "dataset.json").read_text())
     except json.JSONDecodeError as e:
@@ -105,17 +107,11 @@ def check_prediction_inputs(input_folder, output_folder, model_folder, folds: Op
                                 f"be written between the images. Use another output folder.")
     check_output_folder(output_folder)
     dataset_json = check_model_folder(model_folder, folds, checkpoint_name)
-    for fold in folds if folds is not None else _trained_folds(model_folder, checkpoint_name):
-        check_checkpoint_readable(Path(model_folder) / f"fold_{fold}" / checkpoint_name)
     cases = check_input_folder(input_folder, dataset_json)
     plans = json.loads((Path(model_folder) / "plans.json").read_text())
     check_image_geometry(sorted(p for p in Path(input_folder).iterdir() if p.is_file() and not p.name.startswith(".")),
                          volumes=model_expects_volumes(plans))
     return cases
-
-
-def _trained_folds(model_folder, checkpoint_name: str) -> List[str]:
-    return [p.name[len("fold_"):] for p in sorted(Path(model_folder).glob("fold_*")) if (p / checkpoint_name).is_file()]
 
 
 def predict_folder(input_folder: "str | Path", output_folder: "str | Path", model_folder: "str | Path",

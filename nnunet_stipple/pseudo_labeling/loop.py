@@ -37,13 +37,13 @@ from nnunet_stipple.pseudo_labeling.quality import added_label_quality, pooled_a
 from nnunet_stipple.pseudo_labeling.round_dataset import build_round_folder
 from nnunet_stipple.pseudo_labeling.selection import SELECTION_STRATEGIES, check_selection_options, \
     get_selection_strategy
-from nnunet_stipple.pseudo_labeling.unlabeled import UnlabeledCase, collect_unlabeled_cases
+from nnunet_stipple.pseudo_labeling.unlabeled import UnlabeledCase, UnlabeledCasesMixin
 from nnunet_stipple.run_config import RELABELING_KEYS, RUN_CONFIG_FILE, TRAINED_SETTINGS_FILE, RunConfig
 
 PL_FOLDER = "pseudo_labeling"
 
 
-class PseudoLabelLoopMixin:
+class PseudoLabelLoopMixin(UnlabeledCasesMixin):
     """Mix into a trainer that also has :class:`LabelProportionMixin`. Overrides ``run_training``."""
     default_selection = "prior_confidence"
     round0_trainer: Optional[str] = None   # the trainer without relabeling whose model can be round 0
@@ -119,22 +119,6 @@ class PseudoLabelLoopMixin:
             raise StippleInputError(f"{where}: selection {self.selection_name!r} ranks voxels by prior-driven "
                                     f"probabilities, but {type(self).__name__} trains without a spatial prior; use "
                                     f"'max_probability' (or a STIPPLE trainer).")
-
-    # ---- unlabeled data -------------------------------------------------------------------------------
-    def unlabeled_cases(self) -> List[UnlabeledCase]:
-        from nnunet_stipple.nnunet_folders import open_preprocessed
-        ds = open_preprocessed(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name)
-        tr, val = self.fold_split()
-        axis = self.expected_axial_axis(ds)
-        return collect_unlabeled_cases(ds, self.hidden_cases(), self.run_config.unlabeled_sources, axis,
-                                       set(tr) | set(val))
-
-    def expected_axial_axis(self, ds) -> int:
-        from nnunet_stipple.priors.geometry import axial_axis_of_cases
-        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-        first = self.labeled_cases()[0]
-        props = infer_dataset_class(str(ds.data_folder))(str(ds.data_folder), [first]).load_case(first)[3]
-        return axial_axis_of_cases({first: props}, ds.transpose_forward)
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def run_training(self):

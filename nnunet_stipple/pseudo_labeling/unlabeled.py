@@ -99,3 +99,23 @@ def collect_unlabeled_cases(ds: PreprocessedDataset, hidden_cases: List[str], so
                 folder = preprocess_unlabeled(ds, images, expected_axial_axis, reserved_ids=training_ids)
                 cases += [UnlabeledCase(c, folder, False) for c in sorted(images)]
     return cases
+
+
+class UnlabeledCasesMixin:
+    """The unlabeled cases of a trainer's fold (mix into a trainer with ``LabelProportionMixin``): hidden training
+    cases and ``imagesUnlabeled/`` as ``stipple_run.json``'s ``unlabeled_sources`` says; never validation cases."""
+
+    def unlabeled_cases(self) -> List[UnlabeledCase]:
+        from nnunet_stipple.nnunet_folders import open_preprocessed
+        ds = open_preprocessed(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name)
+        tr, val = self.fold_split()
+        axis = self.expected_axial_axis(ds)
+        return collect_unlabeled_cases(ds, self.hidden_cases(), self.run_config.unlabeled_sources, axis,
+                                       set(tr) | set(val))
+
+    def expected_axial_axis(self, ds) -> int:
+        from nnunet_stipple.priors.geometry import axial_axis_of_cases
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        first = self.labeled_cases()[0]
+        props = infer_dataset_class(str(ds.data_folder))(str(ds.data_folder), [first]).load_case(first)[3]
+        return axial_axis_of_cases({first: props}, ds.transpose_forward)

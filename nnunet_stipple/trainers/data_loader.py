@@ -16,10 +16,14 @@ the coordinates it does what nnunetv2 2.8.1's does.
 """
 from __future__ import annotations
 
+
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from threadpoolctl import threadpool_limits
 
 COORDINATE_CHANNELS = 4
@@ -84,3 +88,34 @@ class STIPPLEDataLoader(nnUNetDataLoader):
                             seg_all = torch.empty((self.batch_size, *seg_sample.shape), dtype=seg_sample.dtype)
                         seg_all[j] = seg_sample
         return {'data': data_all, 'target': seg_all, 'keys': selected_keys, BATCH_KEY: coords_all}
+
+
+def nnunet_transforms(trainer, deep_supervision: bool = True, validation: bool = False):
+    """The training (or validation) transforms ``nnUNetTrainer.get_dataloaders`` builds (nnunetv2 2.8.1) and the
+    patch size the loader must crop for them; ``deep_supervision`` False leaves out the targets' downsampling."""
+    patch_size = trainer.configuration_manager.patch_size
+    scales = trainer._get_deep_supervision_scales() if deep_supervision else None
+    rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    lm = trainer.label_manager
+    labels = dict(is_cascaded=trainer.is_cascaded, foreground_labels=lm.foreground_labels,
+                  regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
+    if validation:
+        return trainer.get_validation_transforms(scales, **labels), patch_size
+    return trainer.get_training_transforms(patch_size, rotation_for_DA, scales, mirror_axes, do_dummy_2d_data_aug,
+                                           use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm,
+                                           **labels), initial_patch_size
+
+
+def nnunet_augmenter(trainer, loader, validation: bool = False):
+    """``loader`` in the background workers nnU-Net 2.8.1 gives its training (or validation) loader, none when
+    nnU-Net is told to use none; the first batch drawn as nnU-Net does."""
+    n = get_allowed_n_proc_DA()
+    if n == 0:
+        gen = SingleThreadedAugmenter(loader, None)
+    else:
+        processes, cached = (max(1, n // 2), max(3, n // 4)) if validation else (n, max(6, n // 2))
+        gen = NonDetMultiThreadedAugmenter(loader, None, processes, cached, None,
+                                           pin_memory=trainer.device.type == 'cuda', wait_time=0.002)
+    next(gen)
+    return gen

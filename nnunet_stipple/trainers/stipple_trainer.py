@@ -34,14 +34,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from torch import distributed as dist
 
@@ -55,7 +52,7 @@ from nnunet_stipple.nnunet_folders import open_preprocessed
 from nnunet_stipple.priors.prior_module import allow_prior_free_forward, attach_prior_module, prior_module_of, \
     unwrap_network
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, combine_class_probabilities
-from nnunet_stipple.trainers.data_loader import BATCH_KEY, STIPPLEDataLoader
+from nnunet_stipple.trainers.data_loader import BATCH_KEY, STIPPLEDataLoader, nnunet_augmenter, nnunet_transforms
 from nnunet_stipple.trainers.label_proportion import LabelProportionMixin
 
 
@@ -144,38 +141,14 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     def get_dataloaders(self):
         # Same as nnUNetTrainer.get_dataloaders (nnunetv2 2.8.1) with STIPPLEDataLoader as the loader class.
         patch_size = self.configuration_manager.patch_size
-        deep_supervision_scales = self._get_deep_supervision_scales()
-        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        regions = self.label_manager.foreground_regions if self.label_manager.has_regions else None
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=self.label_manager.foreground_labels, regions=regions,
-            ignore_label=self.label_manager.ignore_label)
-        val_transforms = self.get_validation_transforms(
-            deep_supervision_scales, is_cascaded=self.is_cascaded,
-            foreground_labels=self.label_manager.foreground_labels, regions=regions,
-            ignore_label=self.label_manager.ignore_label)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         loaders = [STIPPLEDataLoader(dataset, self.batch_size, initial, patch_size, self.label_manager,
                                      oversample_foreground_percent=self.oversample_foreground_percent,
                                      sampling_probabilities=None, pad_sides=None, transforms=transforms,
                                      probabilistic_oversampling=self.probabilistic_oversampling)
-                   for dataset, initial, transforms in ((dataset_tr, initial_patch_size, tr_transforms),
-                                                        (dataset_val, patch_size, val_transforms))]
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            gens = [SingleThreadedAugmenter(dl, None) for dl in loaders]
-        else:
-            pin = self.device.type == 'cuda'
-            gens = [NonDetMultiThreadedAugmenter(loaders[0], None, n, max(6, n // 2), None, pin_memory=pin,
-                                                 wait_time=0.002),
-                    NonDetMultiThreadedAugmenter(loaders[1], None, max(1, n // 2), max(3, n // 4), None,
-                                                 pin_memory=pin, wait_time=0.002)]
-        for g in gens:
-            next(g)
-        return gens[0], gens[1]
+                   for dataset, (transforms, initial) in ((dataset_tr, nnunet_transforms(self)),
+                                                          (dataset_val, nnunet_transforms(self, validation=True)))]
+        return nnunet_augmenter(self, loaders[0]), nnunet_augmenter(self, loaders[1], validation=True)
 
     # ---- prior-driven outputs -------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict:

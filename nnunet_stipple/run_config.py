@@ -72,6 +72,9 @@ class RunConfig:
     # pseudo-labeling trainers: m0 = <this model folder>/fold_<f>/checkpoint_final.pth, the same training without
     # relabeling (same data, seed and settings; absolute or relative to this file's folder), not trained again
     round0_model_folder: Optional[str] = None
+    # teacher-student trainers (mean teacher, UA-MT): their settings object, checked by
+    # nnunet_stipple.semi_supervised.settings (None: its defaults)
+    semi_supervised: Optional[dict] = None
 
     def validate(self, source: str = RUN_CONFIG_FILE) -> "RunConfig":
         """Check every value's type and range once, when the file is read (a trainer reads it in ``__init__``,
@@ -105,6 +108,9 @@ class RunConfig:
         if self.round0_model_folder is not None and not isinstance(self.round0_model_folder, str):
             raise StippleInputError(f"{source}: round0_model_folder must be a folder (a string) or null, got "
                                     f"{self.round0_model_folder!r}")
+        if self.semi_supervised is not None:
+            from nnunet_stipple.semi_supervised.settings import SemiSupervisedSettings
+            SemiSupervisedSettings.from_dict(self.semi_supervised, source)
         return self
 
     @property

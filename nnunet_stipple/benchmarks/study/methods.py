@@ -1,5 +1,6 @@
-"""The methods the study compares (the rows of the paper's Table 2), each described once, by one entry of
-:data:`METHOD_TABLE`: a new method is one entry here plus its trainer."""
+"""The methods the study compares (the rows of the paper's Table 2, then the semi-supervised methods of its
+Table 3), each described once, by one entry of :data:`METHOD_TABLE`: a new method is one entry here plus its
+trainer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ class Method:
     # a relabeling method: the method without relabeling whose finished model is its round 0 and whose results
     # stand for it where there is nothing to relabel; None for the others
     relabel_counterpart: Optional[str] = None
+    # trains on unlabeled patches at every iteration (teacher-student methods): its trainer refuses to run where
+    # nothing is unlabeled, and the study skips it there
+    semi_supervised: bool = False
+    # seconds per iteration relative to plain nnU-Net, for the study's time estimate (a rough count: a forward pass
+    # costs about a third of a training step per patch; mean teacher trains on B labeled + B unlabeled patches and
+    # runs the teacher once on B: 7/3, UA-MT also 8 dropout passes: 15/3); `cost` measures plain and STIPPLE only
+    relative_cost: float = 1.0
 
     @property
     def relabels(self) -> bool:
@@ -35,10 +43,14 @@ METHOD_TABLE: Tuple[Method, ...] = (
     Method("stipple_norelab", "STIPPLETrainer", "STIPPLE w/o relab", table_row=1, uses_prior=True),
     Method("stipple", "STIPPLETrainer_PseudoLabel", "STIPPLE", table_row=3, uses_prior=True,
            relabel_counterpart="stipple_norelab"),
+    Method("mean_teacher", "nnUNetTrainer_MeanTeacher", "Mean teacher", table_row=4, uses_prior=False,
+           semi_supervised=True, relative_cost=7 / 3),
+    Method("ua_mt", "nnUNetTrainer_UAMT", "UA-MT (consistency)", table_row=5, uses_prior=False,
+           semi_supervised=True, relative_cost=15 / 3),
 )
 _METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
 METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer
-METHOD_ORDER = tuple(m.name for m in sorted(METHOD_TABLE, key=lambda m: m.table_row))   # the paper's Table 2
+METHOD_ORDER = tuple(m.name for m in sorted(METHOD_TABLE, key=lambda m: m.table_row))   # Table 2, then 3
 
 
 def method(name: str) -> Method:

@@ -18,6 +18,7 @@ from nnunet_stipple.nnunet_folders import parse_fold
 from nnunet_stipple.run_config import RUN_CONFIG_FILE, RunConfig
 
 SKIPPED_SAME = "same as without relabeling"
+SKIPPED_NOTHING_UNLABELED = "nothing unlabeled"     # semi-supervised methods at 100 % without imagesUnlabeled
 
 
 def alpha_str(alpha: float) -> str:
@@ -45,6 +46,10 @@ class RunSpec:
     @property
     def relabels(self) -> bool:
         return method(self.method).relabels
+
+    @property
+    def semi_supervised(self) -> bool:
+        return method(self.method).semi_supervised
 
     @property
     def label(self) -> str:
@@ -146,7 +151,9 @@ def plan_runs(alphas: Sequence[float], methods: Sequence[str], bins: Sequence[in
 
     Relabel methods at alpha = 100 % without ``imagesUnlabeled`` have nothing to relabel: they are recorded as
     skipped, "same as without relabeling", and their counterpart without relabeling (``plain`` /
-    ``stipple_norelab``, same B) is added if it was not asked for."""
+    ``stipple_norelab``, same B) is added if it was not asked for. Semi-supervised methods (mean teacher, UA-MT)
+    have no unlabeled patches there and no counterpart whose results would be theirs: skipped, "nothing
+    unlabeled"."""
     alphas, methods, bins = check_alphas(alphas), check_methods(methods), check_bins(bins)
     check_methods(bins_methods)
     specs: Dict[str, RunSpec] = {}
@@ -168,6 +175,8 @@ def plan_runs(alphas: Sequence[float], methods: Sequence[str], bins: Sequence[in
                     if other.run_id not in specs:   # not asked for: needed as what the skipped run equals
                         other.added_for = spec.run_id
                     add(other)
+                if spec.semi_supervised and alpha >= 100 and not has_unlabeled:
+                    spec.skipped = SKIPPED_NOTHING_UNLABELED
                 add(spec)
     return sorted(specs.values(), key=lambda s: table_order(s, main_bins(bins)))
 
@@ -264,7 +273,7 @@ def estimate(specs: Sequence[RunSpec], folds: Sequence[int], profile: Profile, d
     for s in specs:
         if s.skipped:
             continue
-        it = s_stipple if s.uses_prior else s_plain
+        it = (s_stipple if s.uses_prior else s_plain) * method(s.method).relative_cost
         per_case_pred = tiles * mirrors * it / batch / 3 + per_case
         epoch = (profile.num_iterations_per_epoch + profile.num_val_iterations_per_epoch / 3) * it + per_epoch
         n_trainings = trainings_per_fold(s, counterpart_in_study(s, specs))

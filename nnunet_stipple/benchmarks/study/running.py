@@ -187,7 +187,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     log(f"Study {study_dir}: {dataset_name} {configuration} -p {plans}, profile {prof.name} ({prof.description})")
     log(f"  folds {folds}, alphas {[alpha_str(a) for a in alphas]} %, methods {methods}, bins {bins}"
         + ("" if unlabeled else "; no imagesUnlabeled: relabel methods at 100 % are skipped (same as without "
-                                "relabeling)"))
+                                "relabeling), semi-supervised ones too (nothing unlabeled)"))
     log(f"  {est['runs']} runs x folds, {est['trainings']} nnU-Net trainings "
         f"(relabel methods train T models after the round 0 of their counterpart, 1 + T alone)"
         + (f"; rough time estimate {format_duration(est['seconds'])} on {device} "
@@ -198,7 +198,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
         root = s.folder(study_dir)
         mdir = model_folder(root, dataset_name, s.trainer, plans, configuration)
         if s.skipped:
-            log(f"  {s.run_id:28s} skipped: {s.skipped} (= {s.same_as})")
+            log(f"  {s.run_id:28s} skipped: {s.skipped}" + (f" (= {s.same_as})" if s.same_as else ""))
             continue
         for f in folds:
             state = "finished" if fold_finished(mdir, f) else "to do"

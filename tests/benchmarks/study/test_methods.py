@@ -22,10 +22,13 @@ def test_method_entry_matches_its_trainer(entry):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
     from nnunet_stipple.trainers import STIPPLETrainer
+    from nnunet_stipple.trainers.teacher_student import TeacherStudentMixin
     trainer = _trainer_class(entry.trainer)
     assert trainer is not None and issubclass(trainer, nnUNetTrainer), entry.trainer
     assert issubclass(trainer, STIPPLETrainer) == entry.uses_prior
     assert issubclass(trainer, PseudoLabelLoopMixin) == entry.relabels
+    assert issubclass(trainer, TeacherStudentMixin) == entry.semi_supervised
+    assert entry.relative_cost >= 1
     if entry.relabels:      # the counterpart is the same method without relabeling
         assert entry.relabel_counterpart in METHODS
         counterpart = method(entry.relabel_counterpart)
@@ -38,4 +41,5 @@ def test_method_table_names_labels_and_rows_are_unique():
         assert len(set(values)) == len(values), field
     assert sorted(m.table_row for m in METHOD_TABLE) == list(range(len(METHOD_TABLE)))
     assert METHODS == {m.name: m.trainer for m in METHOD_TABLE}
-    assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple")   # the paper's Table 2
+    assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple",   # the paper's Table 2
+                            "mean_teacher", "ua_mt")                                # then its Table 3

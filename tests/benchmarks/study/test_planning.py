@@ -3,26 +3,34 @@ trainings, work order."""
 from __future__ import annotations
 
 from nnunet_stipple.benchmarks.study.methods import METHODS
-from nnunet_stipple.benchmarks.study.planning import (SKIPPED_SAME, RunSpec, estimate, plan_runs, run_config_for,
-                                                      trainings_per_fold, work_order)
+from nnunet_stipple.benchmarks.study.planning import (SKIPPED_NOTHING_UNLABELED, SKIPPED_SAME, RunSpec, estimate,
+                                                      plan_runs, run_config_for, trainings_per_fold, work_order)
 from nnunet_stipple.benchmarks.study.profiles import PROFILES
 
 
 def test_plan_runs_trainers_folders_and_skips(tmp_path):
     specs = plan_runs([100, 10], list(METHODS), [5], has_unlabeled=False)
     ids = {s.run_id: s for s in specs}
-    assert set(ids) == {"100/plain", "100/stipple_norelab", "100/plain_relabel", "100/stipple",
-                        "10/plain", "10/stipple_norelab", "10/plain_relabel", "10/stipple"}
+    assert set(ids) == {f"{a}/{m}" for a in (100, 10) for m in ("plain", "stipple_norelab", "plain_relabel", "stipple",
+                                                                "mean_teacher", "ua_mt")}
     assert ids["10/plain"].trainer == "nnUNetTrainer_LabelProportion"
     assert ids["10/plain_relabel"].trainer == "nnUNetTrainer_PseudoLabel"
     assert ids["10/stipple_norelab"].trainer == "STIPPLETrainer"
     assert ids["10/stipple"].trainer == "STIPPLETrainer_PseudoLabel"
+    assert ids["10/mean_teacher"].trainer == "nnUNetTrainer_MeanTeacher" and ids["10/ua_mt"].trainer == "nnUNetTrainer_UAMT"
     assert ids["100/plain_relabel"].skipped == SKIPPED_SAME and ids["100/plain_relabel"].same_as == "100/plain"
     assert ids["100/stipple"].skipped and ids["100/stipple"].same_as == "100/stipple_norelab"
     assert not ids["10/stipple"].skipped and not ids["100/plain"].skipped
     assert ids["10/stipple"].folder(tmp_path) == tmp_path / "runs" / "10" / "stipple"
-    # with imagesUnlabeled there is something to relabel at 100 %
-    assert not any(s.skipped for s in plan_runs([100], ["plain_relabel", "stipple"], has_unlabeled=True))
+    # semi-supervised methods at 100 % without imagesUnlabeled: nothing to learn from, nothing stands for them
+    for m in ("mean_teacher", "ua_mt"):
+        assert ids[f"100/{m}"].skipped == SKIPPED_NOTHING_UNLABELED and ids[f"100/{m}"].same_as is None
+        assert not ids[f"10/{m}"].skipped                   # alpha < 100 %: the hidden training cases are unlabeled
+    # with imagesUnlabeled there is something to relabel, and unlabeled patches, at 100 %
+    assert not any(s.skipped for s in plan_runs([100], ["plain_relabel", "stipple", "mean_teacher", "ua_mt"],
+                                                  has_unlabeled=True))
+    # a skipped semi-supervised run adds no other run
+    assert [s.run_id for s in plan_runs([100], ["ua_mt"])] == ["100/ua_mt"]
     # the counterpart of a skipped run is added when not asked for
     only = {s.run_id: s for s in plan_runs([100], ["stipple"])}
     assert only["100/stipple_norelab"].added_for == "100/stipple" and only["100/stipple"].skipped
@@ -56,23 +64,29 @@ def test_run_config_contents():
 
 def test_trainings_count():
     specs = plan_runs([100, 70, 10], list(METHODS))
-    # 100: plain, stipple_norelab (relabel skipped); 70: 2 + 2 x (1 + 2 rounds); 10: 2 + 2 x (1 + 1)
-    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6) + (2 + 4)
+    # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 2;
+    # 10: 2 + 2 x (1 + 1) + 2
+    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 2) + (2 + 4 + 2)
     # in a study the counterparts are trained too: their models are the relabeling runs' round 0
     est = estimate(specs, [0, 1], PROFILES["cpu-small"], "cpu",
                       {"patch_size": [32, 64, 64], "batch_size": 2, "median_image_size_in_voxels": [40, 90, 90]})
-    assert est["trainings"] == 2 * (2 + (2 + 4) + (2 + 2)) and est["seconds"] > 0
+    assert est["trainings"] == 2 * (2 + (2 + 4 + 2) + (2 + 2 + 2)) and est["seconds"] > 0
     alone = [s for s in specs if s.run_id == "10/stipple"]
     assert estimate(alone, [0], PROFILES["cpu-small"], "cpu")["trainings"] == 2
+    # the teacher's passes make an iteration of the semi-supervised methods dearer than plain nnU-Net's
+    seconds = {m: estimate([s for s in specs if s.run_id == f"10/{m}"], [0], PROFILES["cpu-small"], "cpu",
+                           {"patch_size": [32, 64, 64], "batch_size": 2})["seconds"]
+               for m in ("plain", "mean_teacher", "ua_mt")}
+    assert seconds["plain"] < seconds["mean_teacher"] < seconds["ua_mt"]
 
 
 def test_work_order_priority_alphas_then_folds_then_table_rows():
     specs = plan_runs([100, 30, 10], list(METHODS))
     order = [(s.run_id, f) for s, f in work_order(specs, [0, 1], alpha_priority=(10, 100))]
-    assert order[:8] == [("10/plain", 0), ("10/stipple_norelab", 0), ("10/plain_relabel", 0), ("10/stipple", 0),
-                         ("10/plain", 1), ("10/stipple_norelab", 1), ("10/plain_relabel", 1), ("10/stipple", 1)]
-    assert order[8:12] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
-                           ("100/stipple_norelab", 1)]                  # skipped relabel runs are not trained
-    assert [a for a, _ in order[12:]] == ["30/plain", "30/stipple_norelab", "30/plain_relabel", "30/stipple"] * 2
+    rows = ["plain", "stipple_norelab", "plain_relabel", "stipple", "mean_teacher", "ua_mt"]   # Tables 2, then 3
+    assert order[:12] == [(f"10/{m}", f) for f in (0, 1) for m in rows]
+    assert order[12:16] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
+                            ("100/stipple_norelab", 1)]                 # skipped runs are not trained
+    assert [a for a, _ in order[16:]] == [f"30/{m}" for m in rows] * 2
     # no priority: decreasing alpha
     assert [s.alpha for s, _ in work_order(specs, [0])][0] == 100

@@ -3,6 +3,7 @@ input checks, dry run, run.json and stipple_run.json, resume, failures, round 0,
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -14,7 +15,8 @@ from nnunet_stipple.errors import StippleInputError
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"methods": ["plain", "mean_teacher"]}, "valid methods: plain, plain_relabel, stipple_norelab, stipple"),
+    ({"methods": ["plain", "mean_teacher_v2"]}, "valid methods: plain, plain_relabel, stipple_norelab, stipple, "
+                                                "mean_teacher, ua_mt"),
     ({"profile": "gpu-huge"}, "valid profiles: paper, cpu-small"),
     ({"alphas": [100, 0]}, r"outside \(0, 100\]"),
     ({"alphas": [150]}, r"outside \(0, 100\]"),
@@ -57,9 +59,13 @@ def test_dry_run_cli(fake_dataset, capsys):
     assert "100/plain_relabel" in out and "skipped: same as without relabeling (= 100/plain)" in out
     assert "10/stipple_norelab_B1" in out and '"num_bins": 1' in out
     assert "nnUNetv2_train" in out and f"{DS} 3d_fullres 0 -tr STIPPLETrainer_PseudoLabel -p nnUNetPlans --c -device cpu" in out
-    # 100: plain + norelab B1 + norelab B5 (relabel skipped); 10: plain + relabel (1 round; round 0 = plain)
-    # + norelab B1 + norelab B5 + stipple (1 round; round 0 = norelab B5)
-    assert "8 runs x folds, 8 nnU-Net trainings" in out
+    # the semi-supervised methods: nothing unlabeled at 100 % (no imagesUnlabeled), and no run stands for them
+    assert re.search(r"100/mean_teacher +skipped: nothing unlabeled\n", out)
+    assert re.search(r"100/ua_mt +skipped: nothing unlabeled\n", out)
+    assert "-tr nnUNetTrainer_UAMT -p nnUNetPlans --c -device cpu" in out
+    # 100: plain + norelab B1 + norelab B5 (relabel, mean teacher, UA-MT skipped); 10: plain + relabel (1 round;
+    # round 0 = plain) + norelab B1 + norelab B5 + stipple (1 round; round 0 = norelab B5) + mean teacher + UA-MT
+    assert "10 runs x folds, 10 nnU-Net trainings" in out
     assert "rough time estimate" in out
 
 
@@ -75,8 +81,8 @@ def test_run_writes_run_configs_env_and_resumes(fake_dataset):
     runner = FakeTrainer()
     res = run_fake_study(fake_dataset, runner, report=False)
     study_dir = fake_dataset["tmp"] / "study"
-    # 100: plain, stipple_norelab; 10: 4 methods; 2 folds each
-    assert len(runner.calls) == 12 and not res["failed"]
+    # 100: plain, stipple_norelab; 10: 6 methods; 2 folds each
+    assert len(runner.calls) == 16 and not res["failed"]
     call = next(c for c in runner.calls if "STIPPLETrainer_PseudoLabel" in c["cmd"])
     root = study_dir / "runs" / "10" / "stipple"
     assert call["env"]["nnUNet_results"] == str(root.resolve())
@@ -171,7 +177,7 @@ def test_record_survives_the_machine(fake_dataset, monkeypatch):
     monkeypatch.delenv("nnUNet_preprocessed")
     (record / "report/results.csv").unlink()
     rep = report_study(record, log=lambda m: None)
-    assert (record / "report/results.csv").read_text() == first and rep["finished"] == 12
+    assert (record / "report/results.csv").read_text() == first and rep["finished"] == 16
     # a study extended on one machine (another alpha) keeps the rows of the other
     monkeypatch.setenv("nnUNet_preprocessed", str(fake_dataset["pre"]))
     runner = FakeTrainer()
@@ -179,7 +185,7 @@ def test_record_survives_the_machine(fake_dataset, monkeypatch):
                  methods=["plain"], device="cpu", runner=runner, record_dir=record, log=lambda m: None,
                  report=False)
     rep = report_study(fake_dataset["tmp"] / "third_machine", log=lambda m: None)
-    assert len(runner.calls) == 1 and rep["finished"] == 13
+    assert len(runner.calls) == 1 and rep["finished"] == 17
 
 
 def test_record_of_another_study_is_refused(fake_dataset):

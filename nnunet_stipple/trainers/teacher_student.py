@@ -12,6 +12,9 @@
   instance norms are per sample, so the labeled outputs are those of a labeled-only forward); the teacher sees the
   same augmented unlabeled patches plus clipped Gaussian noise; loss = nnU-Net's + lambda(t) * MSE between student and
   teacher probabilities (UA-MT: on the voxels the teacher is certain about); then the EMA update of the teacher.
+  nnU-Net's ``train_loss`` is that total; a "teacher-student:" line of the training log gives the supervised and
+  consistency parts, lambda (and UA-MT's certain fraction and threshold) each epoch. The teacher is not compiled
+  (nnU-Net compiles the student on CUDA).
 * ``on_validation_epoch_*``, ``perform_actual_validation``: run with the weights of the network that predicts
   (``prediction_network``), so nnU-Net's checkpoint_best and final validation judge the model that is shipped.
 * ``save_checkpoint`` / ``load_checkpoint``: nnU-Net's checkpoint, whose ``network_weights`` are the predicting

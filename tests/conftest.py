@@ -44,6 +44,57 @@ def training_env(phantom: dict, results: "Path | None" = None) -> dict:
     return env
 
 
+def prior_from_labels(labels, label_names, num_bins: int = 2, axial_axis: int = 0, spacing=(1.0, 1.0, 1.0),
+                      dataset: str = "Dataset999_Test", fold: str = "0", case_prefix: str = "case_"):
+    """A SpatialPrior built from in-memory label volumes with Algorithm 1's pieces, assembled the way
+    ``build_fold_prior`` assembles a fold's prior from files (cases named ``<case_prefix><i>``)."""
+    import numpy as np
+
+    from nnunet_stipple.priors.algorithm import (
+        ClassHistogram, build_histograms, class_bounding_boxes, largest_extents, organ_centre)
+    from nnunet_stipple.priors.spatial_prior import SpatialPrior
+    classes = sorted(label_names)
+    boxes = [class_bounding_boxes(label, classes) for label in labels]
+    hists = build_histograms(labels, classes, num_bins, axial_axis, boxes)
+    extents = largest_extents(boxes, classes)
+    templates = {c: ClassHistogram(extents[c], axial_axis, extents[c][axial_axis]) for c in extents}
+    for label, case_boxes in zip(labels, boxes):
+        for c, (lo, hi) in case_boxes.items():
+            templates[c].add(label == c, organ_centre(lo, hi))
+    cases = [f"{case_prefix}{i}" for i in range(len(labels))]
+    case_centres = {case: {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in b.items()}
+                    for case, b in zip(cases, boxes)}
+    mean_centres = {c: np.mean([cc[c] for cc in case_centres.values() if c in cc], axis=0).tolist() for c in hists}
+    return SpatialPrior(
+        dataset_name=dataset, plans_identifier="nnUNetPlans", configuration="3d_fullres", fold=fold,
+        num_bins=num_bins, axial_axis=axial_axis, spacing=list(spacing), labels=dict(label_names),
+        histograms={c: h.normalised() for c, h in hists.items()},
+        slice_counts={c: h.slice_counts.copy() for c, h in hists.items()},
+        templates={c: np.round(t.normalised() * 255).astype(np.uint8) for c, t in templates.items()},
+        num_cases_per_class={c: h.num_cases for c, h in hists.items()},
+        mean_centres=mean_centres, training_cases=cases, case_centres=case_centres)
+
+
+def handmade_prior(histograms, templates, mean_centres, label_names, spacing=(1.0, 1.0, 1.0),
+                   dataset: str = "Dataset999_Tiny", **fields):
+    """A SpatialPrior from hand-written arrays (class -> histogram (B along axis 0) / uint8 template / centre),
+    one training case per class unless ``fields`` say otherwise; ``fields`` override any other constructor
+    argument (``case_centres``, ``training_cases``, ``axial_axis``, ``num_bins``, ...)."""
+    import numpy as np
+
+    from nnunet_stipple.priors.spatial_prior import SpatialPrior
+    axial_axis = fields.pop("axial_axis", 0)
+    num_bins = fields.pop("num_bins", next(iter(histograms.values())).shape[axial_axis])
+    args = dict(
+        dataset_name=dataset, plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
+        num_bins=num_bins, axial_axis=axial_axis, spacing=list(spacing), labels=dict(label_names),
+        histograms=dict(histograms), slice_counts={c: np.ones(num_bins, dtype=np.int64) for c in histograms},
+        templates=dict(templates), num_cases_per_class={c: 1 for c in histograms},
+        mean_centres={c: list(map(float, v)) for c, v in mean_centres.items()}, training_cases=["a"])
+    args.update(fields)
+    return SpatialPrior(**args)
+
+
 def venv_script(name: str) -> str:
     """Path of a console script installed next to the running Python (the project's venv)."""
     path = Path(sys.executable).parent / name

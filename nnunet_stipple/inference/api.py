@@ -16,7 +16,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.nnunet_folders import Fold, parse_folds, results_model_folder  # noqa: F401 (parse_folds: API)
 from nnunet_stipple.inference.input_checks import check_checkpoint_readable, check_image_geometry, check_input_folder, \
-    check_output_folder, model_expects_volumes
+    check_output_folder, input_files, model_expects_volumes
 
 DEFAULT_TRAINER = "STIPPLETrainer"
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
@@ -107,10 +107,10 @@ def check_prediction_inputs(input_folder, output_folder, model_folder, folds: Op
                                 f"be written between the images. Use another output folder.")
     check_output_folder(output_folder)
     dataset_json = check_model_folder(model_folder, folds, checkpoint_name)
-    cases = check_input_folder(input_folder, dataset_json)
+    files = input_files(input_folder)
+    cases = check_input_folder(input_folder, dataset_json, files)
     plans = json.loads((Path(model_folder) / "plans.json").read_text())
-    check_image_geometry(sorted(p for p in Path(input_folder).iterdir() if p.is_file() and not p.name.startswith(".")),
-                         volumes=model_expects_volumes(plans))
+    check_image_geometry(files, volumes=model_expects_volumes(plans))
     return cases
 
 

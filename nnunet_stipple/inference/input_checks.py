@@ -11,7 +11,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from nnunet_stipple.errors import StippleInputError
 
@@ -33,27 +33,33 @@ def _listed(items: List[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def check_input_folder(folder: "str | Path", dataset_json: dict) -> List[str]:
-    """The sorted case ids of ``folder``; raises :class:`StippleInputError` naming every badly named file.
-
-    Hidden files (starting with '.') and sub-folders are ignored."""
+def input_files(folder: "str | Path") -> List[Path]:
+    """The sorted files of an input folder, hidden files (starting with '.') and sub-folders left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise StippleInputError(f"The input folder {folder} does not exist or is not a folder.")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def check_input_folder(folder: "str | Path", dataset_json: dict, files: Optional[List[Path]] = None) -> List[str]:
+    """The sorted case ids of ``folder`` (its :func:`input_files`, or ``files`` when the caller listed them
+    already); raises :class:`StippleInputError` naming every badly named file."""
+    folder = Path(folder)
+    files = input_files(folder) if files is None else files
     try:
         ending = dataset_json["file_ending"]
         num_channels = len(dataset_json["channel_names"])
     except (KeyError, TypeError) as e:
         raise StippleInputError(f"The model's dataset.json lacks {e}; it is not an nnU-Net v2 dataset.json.") from e
     pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + r"$")
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    names = [p.name for p in files]
     rule = naming_rule(dataset_json)
-    if not files:
+    if not names:
         raise StippleInputError(f"The input folder {folder} holds no image files. {rule}")
 
     wrong_ending, unmatched, too_high = [], [], []
     channels: Dict[str, set] = {}
-    for name in files:
+    for name in names:
         if not name.endswith(ending):
             wrong_ending.append(name)
             continue

@@ -67,19 +67,30 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
     def round_folder(self, t: int) -> Path:
         return self.pl_folder / f"round_{t}"
 
-    def _load_state(self) -> dict:
-        path = self.pl_folder / "state.json"
-        if path.is_file():
+    def _recorded_state(self) -> Optional[dict]:
+        """``state.json`` as this trainer last read or wrote it (read from disk once), None before the loop's
+        first run. Both the resume check (:meth:`resume_keys`) and the loop use it."""
+        if getattr(self, "_state", None) is None:
+            path = self.pl_folder / "state.json"
+            if not path.is_file():
+                return None
             try:
                 state = json.loads(path.read_text())
-                recorded = state["settings"]
+                if not isinstance(state["settings"], dict) or not isinstance(state["finished_rounds"], list):
+                    raise TypeError("'settings' must be an object and 'finished_rounds' a list")
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise StippleInputError(f"{path} is damaged ({e}); it records the loop's settings and finished "
                                         f"rounds. Delete {self.pl_folder} to run the loop again from round 0.")
-            self.check_resume_settings(recorded, path)
-            state["settings"] = self.trained_settings()
-            return state
-        return {"settings": self.trained_settings(), "finished_rounds": []}
+            self._state = state
+        return self._state
+
+    def _load_state(self) -> dict:
+        state = self._recorded_state()
+        if state is None:
+            return {"settings": self.trained_settings(), "finished_rounds": []}
+        self.check_resume_settings(state["settings"], self.pl_folder / "state.json")
+        state["settings"] = self.trained_settings()
+        return state
 
     def trained_settings(self) -> dict:
         settings = super().trained_settings()
@@ -91,14 +102,14 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
         """Round 0 learns from the labeled subset only: the relabeling settings may still change (e.g. a typo
         fixed) until a relabeled round has finished."""
         keys = tuple(super().resume_keys())
-        state = self.pl_folder / "state.json"
-        finished = json.loads(state.read_text()).get("finished_rounds", []) if state.is_file() else []
+        finished = (self._recorded_state() or {}).get("finished_rounds", [])
         if any(t > 0 for t in finished):
             keys += tuple(k for k in RELABELING_KEYS if k != "round0_model_folder")
         return keys
 
     def _save_state(self, state: dict) -> None:
         write_json_atomic(self.pl_folder / "state.json", state)
+        self._state = state
 
     @property
     def selection_name(self) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnunet_stipple.commands.position import main
-from conftest import run_refused
+from conftest import handmade_prior, run_refused
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.api import position_prior
 from nnunet_stipple.positioning.place import centres_from_label
@@ -17,12 +17,9 @@ def tiny_prior() -> SpatialPrior:
     """Classes 1 and 2, both built (boxes 4x3x3), B=2, spacing (2, 1, 1)."""
     hist = np.full((2, 3, 3), 0.5, dtype=np.float32)
     tmpl = np.full((4, 3, 3), 255, dtype=np.uint8)
-    return SpatialPrior(
-        dataset_name="Dataset999_Tiny", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
-        num_bins=2, axial_axis=0, spacing=[2.0, 1.0, 1.0], labels={1: "liver", 2: "spleen"},
-        histograms={1: hist, 2: hist.copy()}, slice_counts={1: np.array([2, 2]), 2: np.array([2, 2])},
-        templates={1: tmpl, 2: tmpl.copy()}, num_cases_per_class={1: 1, 2: 1},
-        mean_centres={1: [5.5, 5.0, 5.0], 2: [12.5, 10.0, 10.0]}, training_cases=["a"])
+    return handmade_prior({1: hist, 2: hist.copy()}, {1: tmpl, 2: tmpl.copy()},
+                          {1: [5.5, 5.0, 5.0], 2: [12.5, 10.0, 10.0]}, {1: "liver", 2: "spleen"},
+                          spacing=(2.0, 1.0, 1.0), slice_counts={1: np.array([2, 2]), 2: np.array([2, 2])})
 
 
 def tiny_label(shape=(20, 16, 16)):

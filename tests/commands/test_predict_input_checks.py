@@ -86,6 +86,7 @@ def run_main(argv, capsys):
     ("extra_channel", [], ["x_0001.nii.gz", "channel index >= 1"]),
     ("wrong_ending", [], ["x_0000.nii", "file ending"]),
     ("ok", ["-f", "0", "1"], ["fold(s) 1", "fold_0"]),
+    ("ok", ["-f", "x"], ["argument -f/--folds: Fold 'x' is neither a fold number (0, 1, ...) nor 'all'"]),
     ("ok", ["-prev_stage_predictions", "prev"], ["cascade"]),
     ("ok", ["-num_parts", "2", "-part_id", "2"], ["-part_id"]),
     ("ok", ["-step_size", "1.5"], ["-step_size"]),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnunet_stipple.commands.show_prior import main
-from conftest import run_refused
+from conftest import handmade_prior, run_refused
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 from nnunet_stipple.priors.summary import summarize_prior
 
@@ -14,13 +14,10 @@ def tiny_prior(spacing=(2.0, 1.0, 1.0)) -> SpatialPrior:
     """Class 1 built (box 4x3x3, B=2), class 2 missing."""
     hist = np.full((2, 3, 3), 0.5, dtype=np.float32)
     hist[0, 1, 1] = 1.0
-    return SpatialPrior(
-        dataset_name="Dataset999_Tiny", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
-        num_bins=2, axial_axis=0, spacing=list(spacing), labels={1: "liver", 2: "spleen"},
-        histograms={1: hist}, slice_counts={1: np.array([6, 6])},
-        templates={1: np.full((4, 3, 3), 128, dtype=np.uint8)}, num_cases_per_class={1: 3},
-        mean_centres={1: [5.0, 6.0, 7.0]}, training_cases=["a", "b", "c"],
-        case_centres={"a": {1: [5.0, 6.0, 7.0]}})
+    return handmade_prior({1: hist}, {1: np.full((4, 3, 3), 128, dtype=np.uint8)}, {1: [5.0, 6.0, 7.0]},
+                          {1: "liver", 2: "spleen"}, spacing=spacing, slice_counts={1: np.array([6, 6])},
+                          num_cases_per_class={1: 3}, training_cases=["a", "b", "c"],
+                          case_centres={"a": {1: [5.0, 6.0, 7.0]}})
 
 
 def run_main(argv, capsys):

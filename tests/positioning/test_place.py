@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import prior_from_labels
 
 from nnunet_stipple.positioning.place import centres_from_label, position_from_probabilities
 from nnunet_stipple.positioning.settings import PositioningSettings
-from nnunet_stipple.priors.algorithm import build_histograms
-from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 
 def _label(shape=(30, 24, 24), shift=0):
@@ -17,16 +16,8 @@ def _label(shape=(30, 24, 24), shift=0):
 
 
 def _prior(labels):
-    hists = build_histograms(labels, [1, 2], 2, 0)
-    templates = {c: build_histograms(labels, [c], hists[c].box_size[0], 0)[c] for c in hists}
-    return SpatialPrior(
-        dataset_name="D", plans_identifier="P", configuration="3d_fullres", fold="0", num_bins=2, axial_axis=0,
-        spacing=[1.0, 1.0, 1.0], labels={1: "a", 2: "b"}, histograms={c: h.normalised() for c, h in hists.items()},
-        slice_counts={c: h.slice_counts for c, h in hists.items()},
-        templates={c: np.round(t.normalised() * 255).astype(np.uint8) for c, t in templates.items()},
-        num_cases_per_class={c: h.num_cases for c, h in hists.items()},
-        mean_centres={c: list(np.mean([centres_from_label(l, [c])[c] for l in labels], 0)) for c in hists},
-        training_cases=["x", "y"])
+    """Two organs, B = 2, built from ``labels`` as a fold's prior is."""
+    return prior_from_labels(labels, {1: "a", 2: "b"})
 
 
 def _onehot(label, k=3):

@@ -10,6 +10,7 @@ import torch
 from nnunet_stipple.priors.algorithm import DEFAULT_NUM_BINS, bin_of_slice
 from nnunet_stipple.priors.prior_module import PriorModule
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
+from conftest import handmade_prior
 
 # (depth of the box in slices, B)
 TABLE = [(5, 1), (5, 5), (5, 2), (7, 3), (10, 4), (3, 3), (13, DEFAULT_NUM_BINS), (64, 5), (1, 1)]
@@ -38,12 +39,8 @@ def _one_class_prior(depth: int, num_bins: int, axial_axis: int) -> SpatialPrior
     shape = [1, 1, 1]
     shape[axial_axis] = num_bins
     hist = np.broadcast_to(values.reshape(shape), hist_shape).copy()
-    return SpatialPrior(
-        dataset_name="Dataset997_Bins", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
-        num_bins=num_bins, axial_axis=axial_axis, spacing=[1.0, 1.0, 1.0], labels={1: "organ"},
-        histograms={1: hist}, slice_counts={1: np.ones(num_bins, dtype=np.int64)},
-        templates={1: np.full(box, 255, dtype=np.uint8)}, num_cases_per_class={1: 1},
-        mean_centres={1: [(b - 1) / 2 for b in box]}, training_cases=["a"])
+    return handmade_prior({1: hist}, {1: np.full(box, 255, dtype=np.uint8)}, {1: [(b - 1) / 2 for b in box]},
+                          {1: "organ"}, dataset="Dataset997_Bins", axial_axis=axial_axis)
 
 
 @pytest.mark.parametrize("axial_axis", [0, 2])

@@ -2,15 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import prior_from_labels
 from torch import nn
 
 from nnunet_stipple.priors.algorithm import (
-    ClassHistogram,
     box_start,
-    build_histograms,
-    class_bounding_boxes,
-    largest_extents,
-    organ_centre,
 )
 from nnunet_stipple.priors.prior_module import (
     PRIOR_ATTRIBUTE,
@@ -43,26 +39,8 @@ def synthetic_labels(seed, num_cases=4):
 
 
 def make_prior(seed=0, num_bins=2, axial_axis=0):
-    labels = synthetic_labels(seed)
-    classes = sorted(LABELS)
-    boxes = [class_bounding_boxes(l, classes) for l in labels]
-    hists = build_histograms(labels, classes, num_bins, axial_axis, boxes)
-    extents = largest_extents(boxes, classes)
-    templates = {c: ClassHistogram(extents[c], axial_axis, extents[c][axial_axis]) for c in extents}
-    for lab, b in zip(labels, boxes):
-        for c, (lo, hi) in b.items():
-            templates[c].add(lab == c, organ_centre(lo, hi))
-    cases = [f"case_{i}" for i in range(len(labels))]
-    case_centres = {k: {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in b.items()} for k, b in zip(cases, boxes)}
-    return SpatialPrior(
-        dataset_name="Dataset998_Mod", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="1",
-        num_bins=num_bins, axial_axis=axial_axis, spacing=[3.0, 1.0, 1.0], labels=dict(LABELS),
-        histograms={c: h.normalised() for c, h in hists.items()},
-        slice_counts={c: h.slice_counts.copy() for c, h in hists.items()},
-        templates={c: np.round(t.normalised() * 255).astype(np.uint8) for c, t in templates.items()},
-        num_cases_per_class={c: h.num_cases for c, h in hists.items()},
-        mean_centres={c: np.mean([cc[c] for cc in case_centres.values()], axis=0).tolist() for c in hists},
-        training_cases=cases, case_centres=case_centres)
+    return prior_from_labels(synthetic_labels(seed), LABELS, num_bins, axial_axis, spacing=(3.0, 1.0, 1.0),
+                             dataset="Dataset998_Mod", fold="1")
 
 
 class TinyNet(nn.Module):

@@ -5,15 +5,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import prior_from_labels
 
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.priors.algorithm import (
-    ClassHistogram,
-    build_histograms,
-    class_bounding_boxes,
-    largest_extents,
-    organ_centre,
-)
 from nnunet_stipple.priors.spatial_prior import (
     DEFAULT_FLOOR,
     SpatialPrior,
@@ -42,27 +36,8 @@ def synthetic_labels(seed, num_cases=4, axial_axis=0):
 
 
 def make_prior(labels, num_bins=2, axial_axis=0, fold="0", dataset="Dataset999_Test"):
-    """A SpatialPrior built from in-memory labels the way build_fold_prior assembles it."""
-    classes = sorted(LABELS)
-    boxes = [class_bounding_boxes(l, classes) for l in labels]
-    hists = build_histograms(labels, classes, num_bins, axial_axis, boxes)
-    extents = largest_extents(boxes, classes)
-    templates = {c: ClassHistogram(extents[c], axial_axis, extents[c][axial_axis]) for c in extents}
-    cases = [f"case_{i:03d}" for i in range(len(labels))]
-    for lab, b in zip(labels, boxes):
-        for c, (lo, hi) in b.items():
-            templates[c].add(lab == c, organ_centre(lo, hi))
-    case_centres = {case: {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in b.items()}
-                    for case, b in zip(cases, boxes)}
-    mean_centres = {c: np.mean([cc[c] for cc in case_centres.values() if c in cc], axis=0).tolist() for c in hists}
-    return SpatialPrior(
-        dataset_name=dataset, plans_identifier="nnUNetPlans", configuration="3d_fullres", fold=fold,
-        num_bins=num_bins, axial_axis=axial_axis, spacing=[2.5, 0.8, 0.8], labels=dict(LABELS),
-        histograms={c: h.normalised() for c, h in hists.items()},
-        slice_counts={c: h.slice_counts.copy() for c, h in hists.items()},
-        templates={c: np.round(t.normalised() * 255).astype(np.uint8) for c, t in templates.items()},
-        num_cases_per_class={c: h.num_cases for c, h in hists.items()},
-        mean_centres=mean_centres, training_cases=cases, case_centres=case_centres)
+    return prior_from_labels(labels, LABELS, num_bins, axial_axis, spacing=(2.5, 0.8, 0.8), dataset=dataset,
+                             fold=fold)
 
 
 @pytest.fixture

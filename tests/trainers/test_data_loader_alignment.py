@@ -19,6 +19,7 @@ trainer divides by it or uses a uniform prior).
 import numpy as np
 import pytest
 import torch
+from conftest import prior_from_labels
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
@@ -28,9 +29,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from scipy.ndimage import map_coordinates
 
-from nnunet_stipple.priors.algorithm import box_start, build_histograms, class_bounding_boxes, organ_centre
+from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes
 from nnunet_stipple.priors.prior_module import PriorModule
-from nnunet_stipple.priors.spatial_prior import SpatialPrior, combine_class_probabilities
+from nnunet_stipple.priors.spatial_prior import combine_class_probabilities
 from nnunet_stipple.trainers.data_loader import BATCH_KEY, COORDINATE_CHANNELS, STIPPLEDataLoader, patch_coordinates
 
 
@@ -231,16 +232,8 @@ def one_hot_prior(label):
     boxes = class_bounding_boxes(label, classes)
     depths = {c: int(hi[0] - lo[0] + 1) for c, (lo, hi) in boxes.items()}
     assert set(depths.values()) == {11}
-    hists = build_histograms([label], classes, 11, 0, [boxes])
-    centres = {c: organ_centre(lo, hi).tolist() for c, (lo, hi) in boxes.items()}
-    prior = SpatialPrior(
-        dataset_name="Dataset997_Align", plans_identifier="nnUNetPlans", configuration="3d_fullres", fold="0",
-        num_bins=11, axial_axis=0, spacing=[1.0, 1.0, 1.0], labels={1: "a", 2: "b", 3: "c"},
-        histograms={c: h.normalised() for c, h in hists.items()},
-        slice_counts={c: h.slice_counts.copy() for c, h in hists.items()},
-        templates={c: (h.normalised() * 255).astype(np.uint8) for c, h in hists.items()},
-        num_cases_per_class={c: 1 for c in hists}, mean_centres=centres, training_cases=["case"],
-        case_centres={"case": centres})
+    prior = prior_from_labels([label], {1: "a", 2: "b", 3: "c"}, num_bins=11, dataset="Dataset997_Align")
+    centres = prior.case_centres["case_0"]
     for c in classes:
         assert set(np.unique(prior.histograms[c])) <= {0.0, 1.0}
     return prior, centres

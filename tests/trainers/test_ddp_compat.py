@@ -21,13 +21,11 @@ def _free_port() -> int:
 
 
 def _prior(seed):
-    from nnunet_stipple.priors.spatial_prior import SpatialPrior
+    from conftest import handmade_prior
     rng = np.random.default_rng(seed)
-    return SpatialPrior(
-        dataset_name="D", plans_identifier="P", configuration="3d_fullres", fold="0", num_bins=2, axial_axis=0,
-        spacing=[1.0, 1.0, 1.0], labels={1: "a"}, histograms={1: rng.random((2, 3, 3)).astype(np.float32)},
-        slice_counts={1: np.array([2, 2])}, templates={1: (rng.random((4, 3, 3)) * 255).astype(np.uint8)},
-        num_cases_per_class={1: 1}, mean_centres={1: [2.0, 2.0, 2.0]}, training_cases=["x"])
+    return handmade_prior({1: rng.random((2, 3, 3)).astype(np.float32)},
+                          {1: (rng.random((4, 3, 3)) * 255).astype(np.uint8)}, {1: [2.0, 2.0, 2.0]}, {1: "a"},
+                          slice_counts={1: np.array([2, 2])})
 
 
 def _worker(rank, port, out):

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.benchmarks.provenance import git_commit, machine, now, versions
@@ -148,8 +148,9 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
                                        (existing or {}).get("planning"), dry_run, log)
     unlabeled = has_unlabeled_images(dataset_name)
     specs = plan_runs(alphas, methods, bins, unlabeled, bins_methods)
-    n_tr, n_val = _fold_sizes(ds, folds)
-    check_labeled_counts(alphas, ds, folds)
+    case_counts = fold_case_counts(ds, folds)
+    check_labeled_counts(alphas, case_counts)
+    n_tr, n_val = case_counts.get(folds[0], (None, None))
     plans_config = ds.plans["configurations"][configuration] if ds is not None else None
     cost = json.loads((study_dir / COST_FILE).read_text()) if (study_dir / COST_FILE).is_file() else None
     est = estimate(specs, folds, prof, device, plans_config, cost, n_tr, n_val)
@@ -265,15 +266,28 @@ def check_configuration(dataset_name: str, configuration: str) -> None:
                                 f"STIPPLE trains ({', '.join(supported)}); choose one with -c.")
 
 
-def check_labeled_counts(alphas: Sequence[float], ds, folds: Sequence[int]) -> None:
-    """Every proportion leaves at least one labeled case in every fold (--alphas takes percentages: 0.1 is
-    0.1 %, not 10 %), checked before the first training instead of at it."""
+def fold_case_counts(ds, folds: Sequence[int]) -> Dict[int, Tuple[int, int]]:
+    """(training, validation) case counts of every fold, each fold's split read once; {} without a preprocessed
+    dataset. A fold missing from the splits is refused naming the folds asked for."""
     from nnunet_stipple.nnunet_folders import training_cases_of_fold
-    from nnunet_stipple.pseudo_labeling.label_proportions import labeled_count
     if ds is None:
-        return
+        return {}
+    counts = {}
     for f in folds:
-        n = len(training_cases_of_fold(ds, f)[0])
+        try:
+            tr, val = training_cases_of_fold(ds, f)
+        except StippleInputError as e:
+            raise StippleInputError(f"{e} (asked --folds {' '.join(map(str, folds))})") from e
+        counts[f] = (len(tr), len(val))
+    return counts
+
+
+def check_labeled_counts(alphas: Sequence[float], case_counts: Mapping[int, Tuple[int, int]]) -> None:
+    """Every proportion leaves at least one labeled case in every fold (``case_counts``: fold -> (training,
+    validation) cases; --alphas takes percentages: 0.1 is 0.1 %, not 10 %), checked before the first training
+    instead of at it."""
+    from nnunet_stipple.pseudo_labeling.label_proportions import labeled_count
+    for f, (n, _) in case_counts.items():
         for a in alphas:
             if labeled_count(n, a / 100) == 0:
                 smallest = 100 * 0.5 / n
@@ -281,21 +295,6 @@ def check_labeled_counts(alphas: Sequence[float], ds, folds: Sequence[int]) -> N
                     f"--alphas {alpha_str(a)} (percent) leaves 0 of the {n} training cases of fold {f} labeled; "
                     f"the smallest proportion with one labeled case is {smallest:g} %."
                     + (f" Did you mean {alpha_str(a * 100)} (percent)?" if a <= 1 else ""))
-
-
-def _fold_sizes(ds, folds: Sequence[int]) -> Tuple[Optional[int], Optional[int]]:
-    """Training and validation cases of the first fold (for the estimate), once every fold is known to exist;
-    (None, None) without a preprocessed dataset."""
-    from nnunet_stipple.nnunet_folders import training_cases_of_fold
-    if ds is None:
-        return None, None
-    try:
-        tr, val = training_cases_of_fold(ds, folds[0])
-    except StippleInputError as e:
-        raise StippleInputError(f"{e} (asked --folds {' '.join(map(str, folds))})") from e
-    for f in folds[1:]:
-        training_cases_of_fold(ds, f)
-    return len(tr), len(val)
 
 
 def _train_runs(specs: Sequence[RunSpec], folds: Sequence[int], study_dir: Path, dataset_name: str,

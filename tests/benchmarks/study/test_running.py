@@ -21,6 +21,7 @@ from nnunet_stipple.errors import StippleInputError
     ({"alphas": [100, 0]}, r"outside \(0, 100\]"),
     ({"alphas": [150]}, r"outside \(0, 100\]"),
     ({"bins": [0]}, "bins"),
+    ({"folds": [0, 9]}, r"Fold 9 is not in .*splits_final\.json.*\(asked --folds 0 9\)"),
 ])
 def test_bad_input(fake_dataset, kwargs, match):
     args = dict(profile="paper", folds=[0], device="cpu", dry_run=True, log=lambda m: None)

@@ -16,7 +16,7 @@ PROG = "nnUNetv2_stipple_study"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunet_stipple.benchmarks.study.methods import METHODS
+    from nnunet_stipple.benchmarks.study.methods import DEFAULT_METHODS, METHODS
     from nnunet_stipple.benchmarks.study.profiles import PROFILES
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alphas", nargs="+", type=float, default=None,
                      help="label proportions in %% of the fold's training cases, in (0, 100] (default: the profile's)")
     run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                     help=f"methods among {', '.join(METHODS)} (default: all)")
+                     help=f"methods among {', '.join(METHODS)} (default: the paper's Table 2, {' '.join(DEFAULT_METHODS)})")
     run.add_argument("--bins", nargs="+", type=int, default=None,
                      help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: the "
                           "profile's: " + ", ".join(f"{k} {v.bins}" for k, v in PROFILES.items()) + ")")

@@ -37,8 +37,8 @@ Versions, git commit and machine come from :mod:`nnunet_stipple.benchmarks.prove
 from nnunet_stipple.benchmarks.provenance import git_commit, machine, versions
 from nnunet_stipple.benchmarks.study.dataset import dataset_id, has_unlabeled_images, raw_dataset_folder, \
     resolve_dataset
-from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, METHOD_ORDER, METHOD_TABLE, METHODS, Method, \
-    method
+from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, DEFAULT_METHODS, METHOD_ORDER, METHOD_TABLE, \
+    METHODS, Method, method
 from nnunet_stipple.benchmarks.study.metrics import case_nsd, paired_ttest, pancreas_key, read_segmentation, \
     surface_dice
 from nnunet_stipple.benchmarks.study.nnunet_commands import Runner, console_script, ext_trainer_folder, \
@@ -60,7 +60,7 @@ from nnunet_stipple.benchmarks.study.study_folder import COST_FILE, REPORT_FOLDE
 
 __all__ = [
     # methods and profiles
-    "Method", "METHOD_TABLE", "METHODS", "METHOD_ORDER", "method", "DEFAULT_BINS",
+    "Method", "METHOD_TABLE", "METHODS", "DEFAULT_METHODS", "METHOD_ORDER", "method", "DEFAULT_BINS",
     "Profile", "PROFILES", "PAPER_ALPHAS", "PAPER_FOLDS", "NNUNET_SCHEDULE", "CPU_SMALL_PLANS", "CPU_2D_PLANS",
     "DEFAULT_NSD_TOLERANCE_MM", "PAPER_PROFILE_NOTE", "check_profile", "scaled_profile", "check_nsd_tolerance",
     "study_nsd_tolerance", "reductions",

@@ -29,6 +29,9 @@ class Method:
     # costs about a third of a training step per patch; mean teacher trains on B labeled + B unlabeled patches and
     # runs the teacher once on B: 7/3, UA-MT also 8 dropout passes: 15/3); `cost` measures plain and STIPPLE only
     relative_cost: float = 1.0
+    # trained by a study run without --methods: the paper's Table 2 (the evidence study); Table 3's competitors are
+    # asked for by name, so adding one does not put new trainings in front of an existing study's missing rows
+    in_default_study: bool = True
 
     @property
     def relabels(self) -> bool:
@@ -44,12 +47,13 @@ METHOD_TABLE: Tuple[Method, ...] = (
     Method("stipple", "STIPPLETrainer_PseudoLabel", "STIPPLE", table_row=3, uses_prior=True,
            relabel_counterpart="stipple_norelab"),
     Method("mean_teacher", "nnUNetTrainer_MeanTeacher", "Mean teacher", table_row=4, uses_prior=False,
-           semi_supervised=True, relative_cost=7 / 3),
+           semi_supervised=True, relative_cost=7 / 3, in_default_study=False),
     Method("ua_mt", "nnUNetTrainer_UAMT", "UA-MT (consistency)", table_row=5, uses_prior=False,
-           semi_supervised=True, relative_cost=15 / 3),
+           semi_supervised=True, relative_cost=15 / 3, in_default_study=False),
 )
 _METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
 METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer
+DEFAULT_METHODS = tuple(m.name for m in METHOD_TABLE if m.in_default_study)
 METHOD_ORDER = tuple(m.name for m in sorted(METHOD_TABLE, key=lambda m: m.table_row))   # Table 2, then 3
 
 

@@ -15,7 +15,7 @@ from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.benchmarks.provenance import git_commit, machine, now, versions
 from nnunet_stipple.benchmarks.record import export_files, export_run, import_record
 from nnunet_stipple.benchmarks.study.dataset import has_unlabeled_images, resolve_dataset
-from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, METHODS
+from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, DEFAULT_METHODS, METHODS
 from nnunet_stipple.benchmarks.study.nnunet_commands import (Runner, last_error_line, subprocess_runner,
                                                              train_command, train_env)
 from nnunet_stipple.benchmarks.study.planning import (RunSpec, alpha_str, check_alphas, check_bins, check_folds,
@@ -121,7 +121,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     changes little); a study folder holds one schedule. Returns a dict with the planned runs, the estimate
     and the status of each (run, fold)."""
     prof = scaled_profile(check_profile(profile), schedule_scale)
-    methods = check_methods(methods if methods is not None else list(METHODS))
+    methods = check_methods(methods if methods is not None else list(DEFAULT_METHODS))
     alphas = check_alphas(alphas if alphas is not None else prof.alphas)
     bins = check_bins(bins if bins is not None else [prof.bins])
     folds = check_folds(folds if folds is not None else prof.folds)

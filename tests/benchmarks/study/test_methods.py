@@ -43,3 +43,11 @@ def test_method_table_names_labels_and_rows_are_unique():
     assert METHODS == {m.name: m.trainer for m in METHOD_TABLE}
     assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple",   # the paper's Table 2
                             "mean_teacher", "ua_mt")                                # then its Table 3
+
+
+def test_a_study_without_methods_trains_table_2_only():
+    """Table 3's competitors are asked for by name: adding one must not put trainings in front of the missing rows
+    of an existing evidence study."""
+    from nnunet_stipple.benchmarks.study.methods import DEFAULT_METHODS
+    assert DEFAULT_METHODS == ("plain", "plain_relabel", "stipple_norelab", "stipple")
+    assert not any(method(name).semi_supervised for name in DEFAULT_METHODS)

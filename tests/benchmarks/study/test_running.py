@@ -53,7 +53,8 @@ def test_paper_profile_needs_preprocessed_data(fake_dataset):
 def test_dry_run_cli(fake_dataset, capsys):
     study_dir = fake_dataset["tmp"] / "study"
     rc = study_main(["run", "-d", DS, "-c", "3d_fullres", "--study-dir", str(study_dir), "--profile", "paper",
-                     "--folds", "0", "--alphas", "100", "10", "--bins", "1", "5", "-device", "cpu", "--dry-run"])
+                     "--folds", "0", "--alphas", "100", "10", "--bins", "1", "5", "-device", "cpu", "--dry-run",
+                     "--methods", "plain", "plain_relabel", "stipple_norelab", "stipple", "mean_teacher", "ua_mt"])
     out = capsys.readouterr().out
     assert rc == 0
     assert not study_dir.exists()                          # a dry run writes nothing
@@ -82,8 +83,8 @@ def test_run_writes_run_configs_env_and_resumes(fake_dataset):
     runner = FakeTrainer()
     res = run_fake_study(fake_dataset, runner, report=False)
     study_dir = fake_dataset["tmp"] / "study"
-    # 100: plain, stipple_norelab; 10: 6 methods; 2 folds each
-    assert len(runner.calls) == 16 and not res["failed"]
+    # 100: plain, stipple_norelab; 10: the 4 methods of Table 2 (the default); 2 folds each
+    assert len(runner.calls) == 12 and not res["failed"]
     call = next(c for c in runner.calls if "STIPPLETrainer_PseudoLabel" in c["cmd"])
     root = study_dir / "runs" / "10" / "stipple"
     assert call["env"]["nnUNet_results"] == str(root.resolve())
@@ -178,7 +179,7 @@ def test_record_survives_the_machine(fake_dataset, monkeypatch):
     monkeypatch.delenv("nnUNet_preprocessed")
     (record / "report/results.csv").unlink()
     rep = report_study(record, log=lambda m: None)
-    assert (record / "report/results.csv").read_text() == first and rep["finished"] == 16
+    assert (record / "report/results.csv").read_text() == first and rep["finished"] == 12
     # a study extended on one machine (another alpha) keeps the rows of the other
     monkeypatch.setenv("nnUNet_preprocessed", str(fake_dataset["pre"]))
     runner = FakeTrainer()
@@ -186,7 +187,7 @@ def test_record_survives_the_machine(fake_dataset, monkeypatch):
                  methods=["plain"], device="cpu", runner=runner, record_dir=record, log=lambda m: None,
                  report=False)
     rep = report_study(fake_dataset["tmp"] / "third_machine", log=lambda m: None)
-    assert len(runner.calls) == 1 and rep["finished"] == 17
+    assert len(runner.calls) == 1 and rep["finished"] == 13
 
 
 def test_record_of_another_study_is_refused(fake_dataset):

@@ -23,7 +23,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import empty_cache
 from torch._dynamo import OptimizedModule
 
-from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
+from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.procedure import UNIFORM_FALLBACK, PriorPlacement, place_at_centres, place_prior
@@ -168,9 +168,11 @@ class STIPPLEPredictor(nnUNetPredictor):
         problem = check_input_intensities(data, case)
         for params in param_sets:
             visual, offsets, report = self.predict_fold(data, params, case)
-            visual += offsets
+            # like nnU-Net, each fold's result leaves the device before the next fold runs (memory)
+            driven = visual.add_(offsets).to("cpu")
+            del visual, offsets
             reports.append(report)
-            total = visual if total is None else total.add_(visual)
+            total = driven if total is None else total.add_(driven)
         if len(param_sets) > 1:
             total /= len(param_sets)
         torch.set_num_threads(n_threads)
@@ -185,31 +187,45 @@ class STIPPLEPredictor(nnUNetPredictor):
         return total
 
     def predict_fold(self, data: torch.Tensor, params: Optional[dict] = None, case: Optional[str] = None):
-        """One fold: visual logits (float32, CPU), the positioned prior's logit offsets and the positioning
-        report. ``params`` None uses the network's current weights and prior."""
+        """One fold: visual logits (float32), the positioned prior's logit offsets and the positioning report.
+        ``params`` None uses the network's current weights and prior. The logits and offsets are on the device
+        with ``perform_everything_on_device`` (on the CPU without it, or when the device ran out of memory)."""
         if params is not None:
             net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
             net.load_state_dict(params)
-        visual = self.predict_sliding_window_return_logits(data).to("cpu").float()
-        offsets, report = self.prior_offsets(self.fold_prior(params), visual, case)
+        visual = self.predict_sliding_window_return_logits(data).float()
+        fold = self.fold_prior(params)
+        if visual.device.type == "cpu":
+            offsets, report = self.prior_offsets(fold, visual, case)
+            return visual, offsets, report
+        try:
+            offsets, report = self.prior_offsets(fold, visual, case)
+        except torch.OutOfMemoryError:
+            # nnU-Net's fallback of perform_everything_on_device: the same work with the results on the CPU
+            print("STIPPLE positioning on the device ran out of memory; positioning on the CPU")
+            visual = visual.to("cpu")
+            empty_cache(self.device)
+            offsets, report = self.prior_offsets(fold, visual, case)
         return visual, offsets, report
 
     def prior_offsets(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None):
-        """The logit offsets of the positioned prior for one fold (zero: uniform prior), and the report of
-        the placement."""
+        """The logit offsets of the positioned prior for one fold (zero: uniform prior), on the device of
+        ``logits``, and the report of the placement."""
         prior, shape = fold.prior, tuple(logits.shape[1:])
         started = time.perf_counter()
         placement = self.place(fold, logits, case)
         if placement.centres is None:
             offsets = torch.zeros_like(logits)
         else:
-            offsets = self._offsets_from_centres(fold, shape, placement.centres)
+            offsets = self._offsets_from_centres(fold, shape, placement.centres, logits.device)
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)   # the seconds of the work, not of queueing it
         report = {"fold": prior.fold, **placement.report, "positioning_seconds": time.perf_counter() - started}
         return offsets, report
 
     def place(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None) -> PriorPlacement:
         """Where the fold's prior goes in a case: the known centres of ``ground_truth_centres``, else the
-        placement from the first prediction (``logits``, the network's visual logits)."""
+        placement from the first prediction (``logits``, the network's visual logits), on their device."""
         if self.ground_truth_centres is not None and case is not None and case in self.ground_truth_centres:
             known = {int(c): centre for c, centre in self.ground_truth_centres[case].items()}
             return place_at_centres(fold.prior, known, "ground_truth")
@@ -218,24 +234,22 @@ class STIPPLEPredictor(nnUNetPredictor):
             # sigmoid outputs: the prior-driven prediction needs the logits (the default of place_prior is
             # the prior-driven softmax)
             def driven(centres):
-                return self._class_probabilities(logits + self._offsets_from_centres(fold, logits.shape[1:], centres))
+                return self._class_probabilities(
+                    logits + self._offsets_from_centres(fold, logits.shape[1:], centres, logits.device))
         return place_prior(fold.prior, self._class_probabilities(logits), fold.positioning, fold.floor,
                            driven_probabilities=driven, case=case)
 
-    def _class_probabilities(self, logits: torch.Tensor) -> np.ndarray:
+    def _class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.label_manager.has_regions:
-            return torch.softmax(logits, 0).numpy()
+            return torch.softmax(logits, 0)
         seg = self.label_manager.convert_logits_to_segmentation(logits)
         num = max(self.label_manager.all_labels) + 1
-        onehot = np.zeros((num, *seg.shape), dtype=np.float32)
-        for c in range(num):
-            onehot[c] = np.asarray(seg) == c
-        return onehot
+        return torch.stack([seg == c for c in range(num)]).float()
 
-    def _offsets_from_centres(self, fold: FoldPrior, shape, centres) -> torch.Tensor:
-        p = torch.from_numpy(fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor))
+    def _offsets_from_centres(self, fold: FoldPrior, shape, centres, device) -> torch.Tensor:
+        p = fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
         if not self.label_manager.has_regions:
-            return softmax_offset(p)
+            return p.log_()     # softmax_offset(p), in place: one volume of K channels less on the device
         return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions, fold.floor,
                                                    channel_dim=0))
 

@@ -195,17 +195,7 @@ class STIPPLEPredictor(nnUNetPredictor):
             net.load_state_dict(params)
         visual = self.predict_sliding_window_return_logits(data).float()
         fold = self.fold_prior(params)
-        if visual.device.type == "cpu":
-            offsets, report = self.prior_offsets(fold, visual, case)
-            return visual, offsets, report
-        try:
-            offsets, report = self.prior_offsets(fold, visual, case)
-        except torch.OutOfMemoryError:
-            # nnU-Net's fallback of perform_everything_on_device: the same work with the results on the CPU
-            print("STIPPLE positioning on the device ran out of memory; positioning on the CPU")
-            visual = visual.to("cpu")
-            empty_cache(self.device)
-            offsets, report = self.prior_offsets(fold, visual, case)
+        (offsets, report), visual = with_cpu_fallback(lambda logits: self.prior_offsets(fold, logits, case), visual)
         return visual, offsets, report
 
     def prior_offsets(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None):
@@ -247,11 +237,26 @@ class STIPPLEPredictor(nnUNetPredictor):
         return torch.stack([seg == c for c in range(num)]).float()
 
     def _offsets_from_centres(self, fold: FoldPrior, shape, centres, device) -> torch.Tensor:
+        if not self.label_manager.has_regions:    # softmax_offset(p) = ln p
+            return fold.prior.log_probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
         p = fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
-        if not self.label_manager.has_regions:
-            return p.log_()     # softmax_offset(p), in place: one volume of K channels less on the device
         return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions, fold.floor,
                                                    channel_dim=0))
+
+
+def with_cpu_fallback(work, logits: torch.Tensor):
+    """``work(logits)`` where the logits are, and again on the CPU if their device runs out of memory (nnU-Net's
+    fallback of ``perform_everything_on_device``); returns its result and the logits it ran on."""
+    try:
+        return work(logits), logits
+    except torch.OutOfMemoryError:
+        if logits.device.type == "cpu":
+            raise
+        device = logits.device
+        print(f"STIPPLE positioning ran out of memory on {device}; positioning on the CPU")
+        logits = logits.to("cpu")
+        empty_cache(device)
+        return work(logits), logits
 
 
 def check_input_intensities(data: torch.Tensor, case: Optional[str]) -> Optional[str]:

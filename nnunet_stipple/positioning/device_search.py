@@ -20,6 +20,7 @@ import scipy.fft
 import torch
 
 from nnunet_stipple.positioning.kl_search import TIE_ATOL, TIE_RTOL, _confidence
+from nnunet_stipple.tensors import workspace
 
 Triple = Tuple[int, int, int]
 
@@ -60,22 +61,6 @@ class SearchResult:
     cost: float
     confidence: float
     costs: torch.Tensor         # float64, (2R0+1, 2R1+1, 2R2+1), on the device; inf where nothing is visible
-
-
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.complex128: np.complex128,
-                 torch.uint8: np.uint8, torch.int64: np.int64}
-
-
-def workspace(shape, dtype: torch.dtype, device, zeros: bool = False) -> torch.Tensor:
-    """A new tensor for the searches' large intermediates. On the CPU it is numpy's memory: numpy asks the
-    kernel for transparent huge pages, torch's CPU allocator does not, and the page faults of fresh 4 KiB
-    pages made each new region-sized tensor cost about ten times the operation that fills it (2-core
-    machine, docs/benchmarks.md)."""
-    shape = tuple(int(n) for n in shape)
-    if torch.device(device).type == "cpu":
-        make = np.zeros if zeros else np.empty
-        return torch.from_numpy(make(shape, dtype=_NUMPY_DTYPES[dtype]))
-    return (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device=device)
 
 
 def _prefix_sums(cumulative: torch.Tensor, axis: int, first: int, n: int) -> torch.Tensor:
@@ -215,14 +200,16 @@ def translation_search(crop: torch.Tensor, dst, volume_shape, coarse_start, spec
 
 
 def block_mean(a: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """:func:`nnunet_stipple.positioning.joint_search.block_mean` in torch (zero-padded partial blocks)."""
+    """:func:`nnunet_stipple.positioning.joint_search.block_mean` in torch: a partial block at the end counts its
+    missing voxels as zeros (the divisor is always the whole block), without a padded copy."""
     f = [int(v) for v in factors]
     if all(v == 1 for v in f):
         return a
-    n = [-(-s // k) for s, k in zip(a.shape, f)]
-    padded = workspace([b * k for b, k in zip(n, f)], torch.float32, a.device, zeros=True)
-    padded[tuple(slice(0, s) for s in a.shape)] = a
-    return padded.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(dim=(1, 3, 5))
+    a = a.float()
+    short = [max(0, k - n) for n, k in zip(a.shape, f)]
+    if any(short):  # pooling needs one whole block per axis: pad an axis shorter than its block (small arrays)
+        a = torch.nn.functional.pad(a, (0, short[2], 0, short[1], 0, short[0]))
+    return torch.nn.functional.avg_pool3d(a[None, None], f, f, ceil_mode=True, divisor_override=int(np.prod(f)))[0, 0]
 
 
 def joint_costs(inputs, around: Sequence[int], radius: Sequence[int], eps: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from nnunet_stipple.positioning.device_search import workspace
+from nnunet_stipple.tensors import workspace
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
 
 Box = Tuple[List[int], List[int]]   # inclusive (lo, hi) per axis
@@ -63,15 +63,12 @@ class ClassProbabilities:
 
     @cached_property
     def _best_organ(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The largest organ probability (channels 1..num_outputs-1) and its class (the lowest on ties), one
-        channel at a time: no (K, X, Y, Z) temporary."""
-        p = self.probabilities
-        best = p[1].clone() if self.num_outputs > 1 else torch.full(self.shape, -1.0, device=self.device)
-        arg = torch.ones(self.shape, dtype=torch.uint8 if p.shape[0] < 256 else torch.int16, device=self.device)
-        for k in range(2, self.num_outputs):
-            arg.masked_fill_(p[k] > best, k)
-            torch.maximum(best, p[k], out=best)
-        return best, arg
+        """The largest organ probability (channels 1..num_outputs-1) and its class (the lowest on ties)."""
+        if self.num_outputs < 2:
+            return torch.full(self.shape, -1.0, device=self.device), torch.ones(self.shape, dtype=torch.long,
+                                                                                device=self.device)
+        best, arg = torch.max(self.probabilities[1:self.num_outputs], dim=0)
+        return best, arg.add_(1)
 
     @cached_property
     def labels(self) -> torch.Tensor:
@@ -121,22 +118,17 @@ class PriorDrivenProbabilities:
         self.first, self.floor = first, float(floor)
         self.num_outputs, self.shape, self.device = first.num_outputs, first.shape, first.device
         p = first.probabilities
-        self.boxes = [(c, src, dst, prior.expanded_histogram_on(c, self.device)[src])
-                      for c, src, dst in prior.boxes_on_grid(self.shape, centres)]
-        organs = workspace(self.shape, torch.float32, self.device, zeros=True)
-        for c, _, dst, histogram in self.boxes:
-            organs[dst] += histogram
-        # q_0 = clip(1 - sum_k q_k, 0, 1), floored, times the first prediction's background
-        self.background = organs.neg_().add_(1.0).clamp_(0.0, 1.0).clamp_(min=self.floor).mul_(p[0])
+        self.boxes, background = prior.floored_background_on_grid(self.shape, centres, floor, self.device)
+        self.background = background.mul_(p[0])
         self.total = torch.mul(first.organ_total, self.floor, out=workspace(self.shape, torch.float32, self.device))
         self.total.add_(self.background)
-        for c, _, dst, histogram in self.boxes:
+        for c, dst, histogram in self.boxes:
             self.total[dst] += p[c][dst] * (histogram.clamp(min=self.floor) - self.floor)
 
     def counts(self) -> List[int]:
         best, arg = self.first._best_organ
         best, arg = best * self.floor, arg.clone()
-        for c, _, dst, histogram in self.boxes:
+        for c, dst, histogram in self.boxes:
             weighed = self.first.probabilities[c][dst] * histogram.clamp(min=self.floor)
             wins = (weighed > best[dst]) | ((weighed == best[dst]) & (arg[dst] > c))
             best[dst] = torch.where(wins, weighed, best[dst])
@@ -149,7 +141,7 @@ class PriorDrivenProbabilities:
 
     def crop(self, c: int, src) -> torch.Tensor:
         weighed = self.first.crop(c, src) * self.floor
-        for k, box_src, box_dst, histogram in self.boxes:
+        for k, box_dst, histogram in self.boxes:
             if k != c:
                 continue
             overlap = _overlap(src, box_dst)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
@@ -225,7 +226,7 @@ class SpatialPrior:
         array, or with ``device`` a float32 tensor made on that device."""
         import torch
         if device is None or torch.device(device).type == "cpu":
-            # numpy's memory on the CPU: it comes in huge pages (see positioning.device_search.workspace)
+            # numpy's memory on the CPU: it comes in huge pages (see nnunet_stipple.tensors.workspace)
             out = np.zeros((self.num_outputs, *shape), dtype=np.float32)
             for c, src, dst in self.boxes_on_grid(shape, centres):
                 out[(c, *dst)] = self.expanded_histogram(c)[src]
@@ -240,6 +241,43 @@ class SpatialPrior:
         """Per-voxel class probabilities p (num_outputs, *shape): p > 0 everywhere and sum_k p_k = 1 (a numpy
         array, or with ``device`` a tensor made on that device)."""
         return combine_class_probabilities(self.foreground_on_grid(shape, centres, device), floor, in_place=True)
+
+    def floored_background_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
+                                   floor: float, device):
+        """The parts of :meth:`probabilities_on_grid` before normalisation, as float32 tensors on ``device``:
+        per box on the grid ``(c, dst, histogram)`` (its histogram's part at grid slices ``dst``; organ ``c`` is
+        ``floor`` elsewhere) and the background ``max(clip(1 - sum_k q_k, 0, 1), floor)`` (one channel)."""
+        import torch
+
+        from nnunet_stipple.tensors import workspace
+        check_floor(floor)
+        shape = tuple(int(n) for n in shape)
+        boxes = [(c, dst, self.expanded_histogram_on(c, device)[src]) for c, src, dst in self.boxes_on_grid(shape, centres)]
+        organs = workspace(shape, torch.float32, device, zeros=True)
+        for _, dst, histogram in boxes:
+            organs[dst] += histogram
+        return boxes, organs.neg_().add_(1.0).clamp_(0.0, 1.0).clamp_(min=floor)
+
+    def log_probabilities_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
+                                  floor: float = DEFAULT_FLOOR, device="cpu") -> "torch.Tensor":
+        """``ln p`` of :meth:`probabilities_on_grid` (float32, on ``device``), computed as
+        ``ln max(q_k, floor) - ln sum_c max(q_c, floor)``: outside the boxes every organ channel is ``ln floor``,
+        so the class channels are written twice in all (fill, subtract) and the sums are one channel."""
+        import torch
+
+        from nnunet_stipple.tensors import workspace
+        boxes, background = self.floored_background_on_grid(shape, centres, floor, device)
+        total = background + floor * (self.num_outputs - 1)
+        for _, dst, histogram in boxes:
+            total[dst] += histogram.clamp(min=floor) - floor
+        log_total = total.log_()
+        out = workspace((self.num_outputs, *background.shape), torch.float32, device)
+        out[1:].fill_(math.log(floor))
+        for c, dst, histogram in boxes:
+            out[(c, *dst)] = histogram.clamp(min=floor).log_()
+        out[1:] -= log_total
+        torch.sub(background.log_(), log_total, out=out[0])
+        return out
 
 
 def paste_slices(start: Sequence[int], size: Sequence[int], shape: Sequence[int]):

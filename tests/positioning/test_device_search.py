@@ -73,7 +73,8 @@ def test_window_sums_by_definition(offset, window, n_out):
     np.testing.assert_allclose(window_sums(a, offset, window, n_out).numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, factors", [((7, 5, 3), (2, 2, 1)), ((6, 6, 6), (3, 2, 6)), ((4, 4, 4), (1, 1, 1))])
+@pytest.mark.parametrize("shape, factors", [((7, 5, 3), (2, 2, 1)), ((6, 6, 6), (3, 2, 6)), ((4, 4, 4), (1, 1, 1)),
+                                           ((3, 5, 2), (4, 2, 3))])
 def test_block_mean_equals_numpy(shape, factors):
     a = np.random.default_rng(6).random(shape).astype(np.float32)
     np.testing.assert_allclose(block_mean(torch.from_numpy(a), factors).numpy(), numpy_block_mean(a, factors),

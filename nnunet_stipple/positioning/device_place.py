@@ -21,7 +21,7 @@ from nnunet_stipple.positioning.joint_search import DEFAULT_COARSE_MM, JOINT_EPS
     coarse_factors
 from nnunet_stipple.positioning.kl_search import mm_to_voxel_radius
 from nnunet_stipple.positioning.place import ClassPlacement, Placement, _largest_component_centre, \
-    _place_missing_relative, _reject_inconsistent, box_centre_from_start
+    checked_and_completed, joint_start, searched_class_placement
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.algorithm import box_start
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
@@ -72,12 +72,8 @@ def position_on_device(prior: SpatialPrior, source, settings: PositioningSetting
     placement = Placement()
     if start_centres is None and coarse == "joint":
         found = [c for c in prior.built_classes if c < len(counts) and counts[c] > 0]
-        if found:
-            joint = joint_displacement_on_device(prior, source, found)
-            placement.joint = joint.__dict__
-            start_centres = {c: (np.asarray(prior.mean_centres[c]) + joint.displacement).tolist() for c in found}
-        else:
-            start_centres = {}
+        placement.joint, start_centres = joint_start(prior, found,
+                                                     lambda: joint_displacement_on_device(prior, source, found))
     for c in prior.built_classes:
         n = counts[c] if c < len(counts) else 0
         if start_centres is not None and start_centres.get(c) is not None:
@@ -97,11 +93,5 @@ def position_on_device(prior: SpatialPrior, source, settings: PositioningSetting
         slices = region_slices(shape, [s - k for s, k in zip(start0, r)], [b + 2 * k for b, k in zip(size, r)])
         crop, dst = (None, None) if slices is None else (source.crop(c, slices[0]), slices[1])
         res = translation_search(crop, dst, shape, start0, spectrum, eps)
-        placement.classes[c] = ClassPlacement(
-            centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in centre0],
-            offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),
-            predicted_voxels=n)
-    if settings.anatomy_tolerance_mm:
-        _reject_inconsistent(prior, placement, settings.anatomy_tolerance_mm)
-    _place_missing_relative(prior, placement)
-    return placement
+        placement.classes[c] = searched_class_placement(res, size, centre0, n)
+    return checked_and_completed(prior, placement, settings)

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-from nnunet_stipple.positioning.kl_search import TIE_ATOL, TIE_RTOL, _confidence
+from nnunet_stipple.positioning.kl_search import TIE_ATOL, TIE_RTOL, _confidence, _region_slices
 from nnunet_stipple.tensors import workspace
 
 Triple = Tuple[int, int, int]
@@ -120,14 +120,8 @@ def visible_counts(volume_shape: Sequence[int], region_start: Sequence[int], ref
 def region_slices(volume_shape, region_start, region_shape):
     """Slices of the search region inside the volume (``src``) and where they go in the region (``dst``);
     None when the region never touches the volume."""
-    src, dst = [], []
-    for n, a, m in zip(volume_shape, region_start, region_shape):
-        lo, hi = max(0, a), min(n, a + m)
-        if hi <= lo:
-            return None
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - a, hi - a))
-    return tuple(src), tuple(dst)
+    slices = _region_slices(volume_shape, region_start, region_shape)
+    return None if slices is None else slices[:2]
 
 
 def kl_sums(crop: torch.Tensor, dst, spectrum: Spectrum, eps: float) -> torch.Tensor:

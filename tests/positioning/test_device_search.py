@@ -15,7 +15,7 @@ from nnunet_stipple.positioning.joint_search import joint_costs as numpy_joint_c
 from nnunet_stipple.positioning.kl_search import brute_force_kl_translation_search, kl_translation_search
 from tests.positioning.test_joint_search import COST_CASES, _noisy
 from tests.positioning.test_kl_search import EQUIVALENCE_CASES, RADIUS, SHIFT_CASES, _blob_label, \
-    _probabilities, _template
+    _probabilities, _template, random_case
 from tests.positioning.test_place import _label, _prior
 
 
@@ -31,9 +31,7 @@ def _search(q: np.ndarray, reference: np.ndarray, start, radius, eps=1e-4):
 @pytest.mark.parametrize("vol_shape, ref_shape, start, radius, binary", EQUIVALENCE_CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_torch_search_equals_numpy_and_brute_force(vol_shape, ref_shape, start, radius, binary, seed):
-    rng = np.random.default_rng(seed)
-    q = rng.random(vol_shape)
-    r = (rng.random(ref_shape) > 0.5).astype(np.float64) if binary else rng.random(ref_shape)
+    q, r = random_case(vol_shape, ref_shape, binary, seed)
     fast = _search(q, r, start, radius)
     for oracle in (kl_translation_search(q, r, start, radius), brute_force_kl_translation_search(q, r, start, radius)):
         costs = fast.costs.numpy()

@@ -13,6 +13,9 @@ boxes of the BTCV case and fold-0 prior of docs/benchmarks.md) with an ``untrain
 weights: every class everywhere, the worst case) and a ``trained`` one. Each repeat runs both methods on
 the same logits, alternating which goes first; medians, their ratio, the first (cold) call of each, and
 whether the placements agree (centres, KL offsets, costs, predicted voxels, the offsets added to the logits).
+Besides the wall-clock seconds it prints the CPU seconds of the process: with other jobs on the cores the
+wall clock measures the load as much as the work; with one thread the CPU time is close to what the work
+takes on a quiet core.
 
 Example:
     python scripts/bench_device_positioning.py                      # CPU, 3 repeats per kind
@@ -58,13 +61,14 @@ def numpy_positioning(fold: FoldPrior, logits: torch.Tensor):
 
 
 def timed(fn, device: torch.device):
+    """The result, the wall-clock seconds and the CPU seconds of this process (all its threads)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return out, time.perf_counter() - started
+    return out, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def agreement(old: dict, new: dict, old_offsets: torch.Tensor, new_offsets: torch.Tensor) -> dict:
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     ok = True
     for kind in args.kinds:
         logits = simulated_logits(kind, prior).to(device)
-        times = {"numpy": [], "torch": []}
+        times, cpu_times = {"numpy": [], "torch": []}, {"numpy": [], "torch": []}
         runs = {"numpy": lambda logits=logits: numpy_positioning(fold, logits),
                 "torch": lambda logits=logits, kind=kind: predictor.prior_offsets(fold, logits, kind)}
         cold = {}
@@ -110,19 +114,23 @@ def main(argv=None) -> int:
             order = ["numpy", "torch"] if repeat % 2 == 0 else ["torch", "numpy"]
             results = {}
             for method in order:
-                results[method], seconds = timed(runs[method], device)
+                results[method], seconds, cpu_seconds = timed(runs[method], device)
                 if repeat == 0:
                     cold[method] = seconds
                 else:
                     times[method].append(seconds)
+                    cpu_times[method].append(cpu_seconds)
             if repeat == 0:
                 check = agreement(results["numpy"][1], results["torch"][1], results["numpy"][0], results["torch"][0])
             del results
         median = {m: statistics.median(t) for m, t in times.items()}
-        print(f"\n{kind}: positioning s / case, median of {args.repeats} (cold first call)")
+        cpu = {m: statistics.median(t) for m, t in cpu_times.items()}
+        print(f"\n{kind}: positioning s / case, median of {args.repeats} (cold first call); CPU s of the process")
         for method in ("numpy", "torch"):
-            print(f"  {method:6s} {median[method]:7.2f}  ({cold[method]:.2f})  all {[round(t, 2) for t in times[method]]}")
-        print(f"  ratio numpy / torch: {median['numpy'] / median['torch']:.2f}x")
+            print(f"  {method:6s} {median[method]:7.2f}  ({cold[method]:.2f})  all {[round(t, 2) for t in times[method]]}"
+                  f"  CPU {cpu[method]:.2f}")
+        print(f"  ratio numpy / torch: {median['numpy'] / median['torch']:.2f}x wall-clock, "
+              f"{cpu['numpy'] / cpu['torch']:.2f}x CPU time")
         print(f"  agreement: {check}")
         ok = ok and check["same_centres"] and check["same_kl_offsets"]
         del logits, runs

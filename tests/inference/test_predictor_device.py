@@ -55,3 +55,22 @@ def test_offsets_are_made_on_the_device_of_the_logits(device):
     assert offsets.device == logits.device and report["joint"]["displacement"] == [2, 0, 0]
     expected = np.log(prior.probabilities_on_grid(logits.shape[1:], {int(c): v for c, v in report["centres"].items()}))
     np.testing.assert_allclose(offsets.cpu().numpy(), expected, rtol=0, atol=2e-7)
+
+
+def test_models_with_regions_are_positioned_from_their_own_prior_driven_segmentation():
+    """nnU-Net regions (sigmoid outputs, here a = {1, 2} and b = {2}): the first and the prior-driven predictions
+    are their segmentations, made from the logits where they are."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    prior = _prior([_label(), _label()])
+    predictor = label_predictor()
+    predictor.label_manager = LabelManager({"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[1, 2])
+    label = _label(shift=3)
+    logits = torch.from_numpy(np.stack([np.where(label > 0, 6.0, -6.0), np.where(label == 2, 6.0, -6.0)])
+                              .astype(np.float32))
+    settings = PositioningSettings(search_radius_mm=5, repositioning_steps=2)
+    offsets, report = predictor.prior_offsets(FoldPrior(prior, 1e-3, settings), logits, "case")
+    assert report["method"] == "kl_search" and report["joint"]["displacement"] == [3, 0, 0]
+    assert offsets.shape == logits.shape and torch.isfinite(offsets).all()
+    # a = {1, 2} is more likely than b = {2} wherever the prior sees organ 1 only
+    centre = [int(round(v)) for v in report["centres"]["1"]]
+    assert offsets[0][tuple(centre)] > offsets[1][tuple(centre)]

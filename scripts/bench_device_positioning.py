@@ -71,6 +71,40 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - started, time.process_time() - cpu_started
 
 
+def cpu_kernel_checks(repeats: int = 7) -> str:
+    """Two CPU facts behind the numbers, on the liver's search region (86 x 197 x 255, float64): a new tensor
+    filled once from torch's allocator and as numpy memory (huge pages; ``nnunet_stipple.tensors.workspace``),
+    and a forward real FFT by torch and by scipy (one thread each)."""
+    import numpy as np
+    import scipy.fft
+
+    from nnunet_stipple.tensors import workspace
+    shape = (86, 197, 255)
+    fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
+    region = np.random.default_rng(0).random(shape)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    checks = {"new tensor, torch.empty": lambda: torch.empty(shape, dtype=torch.float64).fill_(1.0),
+              "new tensor, workspace (numpy)": lambda: workspace(shape, torch.float64, "cpu").fill_(1.0),
+              "rfftn, torch": lambda: torch.fft.rfftn(torch.from_numpy(region), s=fft_shape),
+              "rfftn, scipy": lambda: scipy.fft.rfftn(region, s=fft_shape, workers=1)}
+    seconds = {}
+    for name, run in checks.items():
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            runs.append(time.perf_counter() - started)
+        seconds[name] = statistics.median(runs)
+    torch.set_num_threads(threads)
+    return ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in seconds.items())
+
+
+def spectra_megabytes(prior) -> float:
+    """The reference spectra kept with the prior (all devices)."""
+    return sum(s.conj.numel() * s.conj.element_size() for s in prior.__dict__.get("_device_spectra", {}).values()) / 1e6
+
+
 def agreement(old: dict, new: dict, old_offsets: torch.Tensor, new_offsets: torch.Tensor) -> dict:
     classes = old["classes"]
     kl = [c for c in classes if classes[c].get("cost") is not None and new["classes"][c].get("cost") is not None]
@@ -92,9 +126,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per kind after the cold call (default 3)")
     p.add_argument("--kinds", nargs="+", default=["untrained", "trained"], choices=["untrained", "trained"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--checks-only", action="store_true", help="only the CPU allocation and FFT checks (seconds)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"liver search region, median of 7: {cpu_kernel_checks()}")
+    if args.checks_only:
+        return 0
     device = torch.device(args.device)
     print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {os.cpu_count()} CPUs  "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)  device {device}  "
@@ -134,7 +172,8 @@ def main(argv=None) -> int:
         print(f"  agreement: {check}")
         ok = ok and check["same_centres"] and check["same_kl_offsets"]
         del logits, runs
-    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+    print(f"\nreference spectra kept with the prior: {spectra_megabytes(prior):.0f} MB")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0 if ok else 1
 
 

@@ -7,6 +7,11 @@ too), with the positioning settings stored in the fold's checkpoint or given to 
 is added once, in float32, to the full-volume logits. Sliding-window averaging, mirroring and fold averaging are linear,
 so this equals adding the prior per patch, without the fp16 stitching error. nnU-Net's export then turns
 the prior-driven logits into segmentations and (``--save_probabilities``) prior-driven probabilities.
+
+Positioning and ``ln p`` run where nnU-Net left the logits: on the GPU with ``perform_everything_on_device``
+(only the positioning report leaves it before the fold's result does, as nnU-Net moves each fold's logits
+to the CPU), on the CPU otherwise; when the GPU runs out of memory, the fold is positioned on the CPU, as
+nnU-Net falls back for its sliding window (:func:`with_cpu_fallback`).
 """
 from __future__ import annotations
 

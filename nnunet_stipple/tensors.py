@@ -1,5 +1,7 @@
-"""Large tensors for work on the CPU or a GPU alike."""
+"""Large tensors and threads for work on the CPU or a GPU alike."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,3 +20,22 @@ def workspace(shape, dtype: torch.dtype, device, zeros: bool = False) -> torch.T
         make = np.zeros if zeros else np.empty
         return torch.from_numpy(make(shape, dtype=_NUMPY_DTYPES[dtype]))
     return (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device=device)
+
+
+@contextmanager
+def one_thread_on_cpu(device):
+    """Run torch's CPU work inside with one thread (the count before is restored), nothing changes on a GPU.
+
+    Positioning is hundreds of short operations, each a parallel region whose threads wait for each other at
+    its end, spinning. When other processes share the cores (nnU-Net's export workers, a training) a thread
+    spins while its partner waits for a core: positioning the BTCV case took 10-16 CPU s with two threads
+    and 3.1-3.6 with one (docs/benchmarks.md, "Positioning on the prediction device")."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

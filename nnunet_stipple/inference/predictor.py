@@ -36,6 +36,7 @@ from nnunet_stipple.positioning.settings import PositioningSettings, stored_posi
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
     prior_of_state_dict, unwrap_network
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
+from nnunet_stipple.tensors import one_thread_on_cpu
 
 POSITIONING_FOLDER = "stipple_positioning"
 
@@ -208,11 +209,12 @@ class STIPPLEPredictor(nnUNetPredictor):
         ``logits``, and the report of the placement."""
         prior, shape = fold.prior, tuple(logits.shape[1:])
         started = time.perf_counter()
-        placement = self.place(fold, logits, case)
-        if placement.centres is None:
-            offsets = torch.zeros_like(logits)
-        else:
-            offsets = self._offsets_from_centres(fold, shape, placement.centres, logits.device)
+        with one_thread_on_cpu(logits.device):
+            placement = self.place(fold, logits, case)
+            if placement.centres is None:
+                offsets = torch.zeros_like(logits)
+            else:
+                offsets = self._offsets_from_centres(fold, shape, placement.centres, logits.device)
         if logits.device.type == "cuda":
             torch.cuda.synchronize(logits.device)   # the seconds of the work, not of queueing it
         report = {"fold": prior.fold, **placement.report, "positioning_seconds": time.perf_counter() - started}

@@ -30,6 +30,7 @@ from nnunet_stipple.positioning.device_volumes import ClassProbabilities, PriorD
 from nnunet_stipple.positioning.place import Placement, position_from_probabilities
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
+from nnunet_stipple.tensors import one_thread_on_cpu
 
 Centres = Dict[int, Optional[List[float]]]
 UNIFORM_FALLBACK = "uniform_fallback"
@@ -60,7 +61,8 @@ def place_prior(prior: SpatialPrior, first_probabilities, settings: PositioningS
     ``first_probabilities`` (K >= num_outputs, X, Y, Z), with ``settings`` (module docstring).
 
     The placement runs in torch where the probabilities are: a tensor on the predictor's device stays there
-    (a numpy array is used on the CPU); only the report leaves it (:mod:`.device_place`).
+    (a numpy array is used on the CPU, with one thread: :func:`nnunet_stipple.tensors.one_thread_on_cpu`);
+    only the report leaves it (:mod:`.device_place`).
     ``driven_probabilities(centres)`` gives the class probabilities (a tensor on the same device) of the
     prior-driven prediction with the prior's boxes at ``centres``, for the re-positioning steps; by default
     the prior-driven softmax of ``first_probabilities`` with the prior floored at ``floor`` (the model's
@@ -74,8 +76,9 @@ def place_prior(prior: SpatialPrior, first_probabilities, settings: PositioningS
             return PriorDrivenProbabilities(first, prior, centres, floor)
         return ClassProbabilities(torch.as_tensor(driven_probabilities(centres)), prior.num_outputs)
 
-    return run_placement(prior, settings, floor, lambda start, probabilities: position_on_device(
-        prior, probabilities, settings, start_centres=start), first, driven, case)
+    with one_thread_on_cpu(first.device):
+        return run_placement(prior, settings, floor, lambda start, probabilities: position_on_device(
+            prior, probabilities, settings, start_centres=start), first, driven, case)
 
 
 def place_prior_reference(prior: SpatialPrior, first_probabilities: np.ndarray, settings: PositioningSettings,

@@ -34,6 +34,7 @@ from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nnunet_stipple.benchmarks.simulated_case import organ_shape  # noqa: E402
 from nnunet_stipple.positioning.kl_search import (  # noqa: E402
     brute_force_kl_translation_search,
     kl_translation_search,
@@ -60,15 +61,6 @@ ORGANS = [
     (12, "right adrenal gland", (40, 30, 30), (0.62, 0.56, 0.37)),
     (13, "left adrenal gland", (40, 30, 30), (0.62, 0.56, 0.63)),
 ]
-
-
-def organ_shape(box: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """A smooth random blob filling most of ``box`` (one-hot, float64)."""
-    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in box], indexing="ij")
-    d = sum(g**2 for g in grids)
-    noise = gaussian_filter(rng.normal(0.0, 1.0, box), sigma=[max(1.0, n / 6) for n in box])
-    noise /= np.abs(noise).max() + 1e-12
-    return (d + 0.35 * noise <= 0.85).astype(np.float64)
 
 
 def simulate_case(radius_vox, seed: int):

@@ -80,7 +80,7 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
         predictor.ground_truth_centres = {case: centres_from_label(gt, classes)}
         outs["ground_truth"] = visual + predictor.prior_offsets(model, visual, case)[0]
         predictor.ground_truth_centres = None
-        per_case[case] = {m: {c: _dice(outs[m].argmax(0).numpy(), gt, c) for c in classes} for m in MODES}
+        per_case[case] = {m: {c: _dice(outs[m].argmax(0).cpu().numpy(), gt, c) for c in classes} for m in MODES}
     mean = {m: {c: float(np.nanmean([per_case[k][m][c] for k in per_case])) for c in classes} for m in MODES}
     return {"model_folder": str(model_folder), "fold": fold, "cases": list(val), "labels": prior.labels,
             "settings": {mode: variant.positioning.to_json() for mode, variant in variants.items()},

@@ -7,6 +7,11 @@ too), with the positioning settings stored in the fold's checkpoint or given to 
 is added once, in float32, to the full-volume logits. Sliding-window averaging, mirroring and fold averaging are linear,
 so this equals adding the prior per patch, without the fp16 stitching error. nnU-Net's export then turns
 the prior-driven logits into segmentations and (``--save_probabilities``) prior-driven probabilities.
+
+Positioning and ``ln p`` run where nnU-Net left the logits: on the GPU with ``perform_everything_on_device``
+(only the positioning report leaves it before the fold's result does, as nnU-Net moves each fold's logits
+to the CPU), on the CPU otherwise; when the GPU runs out of memory, the fold is positioned on the CPU, as
+nnU-Net falls back for its sliding window (:func:`with_cpu_fallback`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import empty_cache
 from torch._dynamo import OptimizedModule
 
-from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset, softmax_offset
+from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.procedure import UNIFORM_FALLBACK, PriorPlacement, place_at_centres, place_prior
@@ -31,6 +36,7 @@ from nnunet_stipple.positioning.settings import PositioningSettings, stored_posi
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
     prior_of_state_dict, unwrap_network
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
+from nnunet_stipple.tensors import one_thread_on_cpu
 
 POSITIONING_FOLDER = "stipple_positioning"
 
@@ -168,9 +174,11 @@ class STIPPLEPredictor(nnUNetPredictor):
         problem = check_input_intensities(data, case)
         for params in param_sets:
             visual, offsets, report = self.predict_fold(data, params, case)
-            visual += offsets
+            # like nnU-Net, each fold's result leaves the device before the next fold runs (memory)
+            driven = visual.add_(offsets).to("cpu")
+            del visual, offsets
             reports.append(report)
-            total = visual if total is None else total.add_(visual)
+            total = driven if total is None else total.add_(driven)
         if len(param_sets) > 1:
             total /= len(param_sets)
         torch.set_num_threads(n_threads)
@@ -185,31 +193,36 @@ class STIPPLEPredictor(nnUNetPredictor):
         return total
 
     def predict_fold(self, data: torch.Tensor, params: Optional[dict] = None, case: Optional[str] = None):
-        """One fold: visual logits (float32, CPU), the positioned prior's logit offsets and the positioning
-        report. ``params`` None uses the network's current weights and prior."""
+        """One fold: visual logits (float32), the positioned prior's logit offsets and the positioning report.
+        ``params`` None uses the network's current weights and prior. The logits and offsets are on the device
+        with ``perform_everything_on_device`` (on the CPU without it, or when the device ran out of memory)."""
         if params is not None:
             net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
             net.load_state_dict(params)
-        visual = self.predict_sliding_window_return_logits(data).to("cpu").float()
-        offsets, report = self.prior_offsets(self.fold_prior(params), visual, case)
+        visual = self.predict_sliding_window_return_logits(data).float()
+        fold = self.fold_prior(params)
+        (offsets, report), visual = with_cpu_fallback(lambda logits: self.prior_offsets(fold, logits, case), visual)
         return visual, offsets, report
 
     def prior_offsets(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None):
-        """The logit offsets of the positioned prior for one fold (zero: uniform prior), and the report of
-        the placement."""
+        """The logit offsets of the positioned prior for one fold (zero: uniform prior), on the device of
+        ``logits``, and the report of the placement."""
         prior, shape = fold.prior, tuple(logits.shape[1:])
         started = time.perf_counter()
-        placement = self.place(fold, logits, case)
-        if placement.centres is None:
-            offsets = torch.zeros_like(logits)
-        else:
-            offsets = self._offsets_from_centres(fold, shape, placement.centres)
+        with one_thread_on_cpu(logits.device):
+            placement = self.place(fold, logits, case)
+            if placement.centres is None:
+                offsets = torch.zeros_like(logits)
+            else:
+                offsets = self._offsets_from_centres(fold, shape, placement.centres, logits.device)
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)   # the seconds of the work, not of queueing it
         report = {"fold": prior.fold, **placement.report, "positioning_seconds": time.perf_counter() - started}
         return offsets, report
 
     def place(self, fold: FoldPrior, logits: torch.Tensor, case: Optional[str] = None) -> PriorPlacement:
         """Where the fold's prior goes in a case: the known centres of ``ground_truth_centres``, else the
-        placement from the first prediction (``logits``, the network's visual logits)."""
+        placement from the first prediction (``logits``, the network's visual logits), on their device."""
         if self.ground_truth_centres is not None and case is not None and case in self.ground_truth_centres:
             known = {int(c): centre for c, centre in self.ground_truth_centres[case].items()}
             return place_at_centres(fold.prior, known, "ground_truth")
@@ -218,26 +231,39 @@ class STIPPLEPredictor(nnUNetPredictor):
             # sigmoid outputs: the prior-driven prediction needs the logits (the default of place_prior is
             # the prior-driven softmax)
             def driven(centres):
-                return self._class_probabilities(logits + self._offsets_from_centres(fold, logits.shape[1:], centres))
+                return self._class_probabilities(
+                    logits + self._offsets_from_centres(fold, logits.shape[1:], centres, logits.device))
         return place_prior(fold.prior, self._class_probabilities(logits), fold.positioning, fold.floor,
                            driven_probabilities=driven, case=case)
 
-    def _class_probabilities(self, logits: torch.Tensor) -> np.ndarray:
+    def _class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.label_manager.has_regions:
-            return torch.softmax(logits, 0).numpy()
+            return torch.softmax(logits, 0)
         seg = self.label_manager.convert_logits_to_segmentation(logits)
         num = max(self.label_manager.all_labels) + 1
-        onehot = np.zeros((num, *seg.shape), dtype=np.float32)
-        for c in range(num):
-            onehot[c] = np.asarray(seg) == c
-        return onehot
+        return torch.stack([seg == c for c in range(num)]).float()
 
-    def _offsets_from_centres(self, fold: FoldPrior, shape, centres) -> torch.Tensor:
-        p = torch.from_numpy(fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor))
-        if not self.label_manager.has_regions:
-            return softmax_offset(p)
+    def _offsets_from_centres(self, fold: FoldPrior, shape, centres, device) -> torch.Tensor:
+        if not self.label_manager.has_regions:    # softmax_offset(p) = ln p
+            return fold.prior.log_probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
+        p = fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
         return sigmoid_offset(region_probabilities(p, self.label_manager.foreground_regions, fold.floor,
                                                    channel_dim=0))
+
+
+def with_cpu_fallback(work, logits: torch.Tensor):
+    """``work(logits)`` where the logits are, and again on the CPU if their device runs out of memory (nnU-Net's
+    fallback of ``perform_everything_on_device``); returns its result and the logits it ran on."""
+    try:
+        return work(logits), logits
+    except torch.OutOfMemoryError:
+        if logits.device.type == "cpu":
+            raise
+        device = logits.device
+        print(f"STIPPLE positioning ran out of memory on {device}; positioning on the CPU")
+        logits = logits.to("cpu")
+        empty_cache(device)
+        return work(logits), logits
 
 
 def check_input_intensities(data: torch.Tensor, case: Optional[str]) -> Optional[str]:

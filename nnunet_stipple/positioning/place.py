@@ -142,12 +142,7 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
     placement = Placement()
     if start_centres is None and coarse == "joint":
         found = [c for c in prior.built_classes if c - 1 < len(boxes) and boxes[c - 1] is not None]
-        if found:
-            joint = joint_displacement(prior, probs, found)
-            placement.joint = joint.__dict__
-            start_centres = {c: (np.asarray(prior.mean_centres[c]) + joint.displacement).tolist() for c in found}
-        else:
-            start_centres = {}
+        placement.joint, start_centres = joint_start(prior, found, lambda: joint_displacement(prior, probs, found))
     for c in prior.built_classes:
         box = boxes[c - 1] if c - 1 < len(boxes) else None
         crop = (argmax[box] == c) if box is not None else None
@@ -168,10 +163,30 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
         r = tuple(min(int(ri), int(si) + int(bi)) for ri, si, bi in zip(radius, probs.shape[1:], size))
         res = kl_translation_search(probs[c], _prepared_reference(prior, c, r), tuple(int(v) for v in start0),
                                     r, eps=eps)
-        placement.classes[c] = ClassPlacement(
-            centre=box_centre_from_start(res.start, size), method="kl", coarse_centre=[float(v) for v in centre0],
-            offset=[int(v) for v in res.offset], cost=float(res.cost), confidence=float(res.confidence),
-            predicted_voxels=n)
+        placement.classes[c] = searched_class_placement(res, size, centre0, n)
+    return checked_and_completed(prior, placement, settings)
+
+
+def joint_start(prior: SpatialPrior, found: Sequence[int], joint_search):
+    """The joint search's displacement for the report (None when no class was found) and the classes' starting
+    centres: their mean training centres moved by it. ``joint_search()`` runs the search."""
+    if not found:
+        return None, {}
+    joint = joint_search()
+    return joint.__dict__, {c: (np.asarray(prior.mean_centres[c]) + joint.displacement).tolist() for c in found}
+
+
+def searched_class_placement(search, box_size, coarse_centre, predicted_voxels: int) -> ClassPlacement:
+    """A class placed by its KL search (``search``: a translation search result of the numpy or torch search)."""
+    return ClassPlacement(
+        centre=box_centre_from_start(search.start, box_size), method="kl",
+        coarse_centre=[float(v) for v in coarse_centre], offset=[int(v) for v in search.offset],
+        cost=float(search.cost), confidence=float(search.confidence), predicted_voxels=predicted_voxels)
+
+
+def checked_and_completed(prior: SpatialPrior, placement: Placement, settings: PositioningSettings) -> Placement:
+    """The anatomical consistency check (unless ``settings`` switch it off), then the classes without a
+    placement moved with the accepted ones."""
     if settings.anatomy_tolerance_mm:
         _reject_inconsistent(prior, placement, settings.anatomy_tolerance_mm)
     _place_missing_relative(prior, placement)

@@ -10,6 +10,8 @@ From the class probabilities of a first (prior-free) prediction:
 3. if the first prediction holds no organ of the prior, no placement: prediction falls back to a uniform
    prior (plain nnU-Net output), with a warning.
 
+The procedure runs in torch on the device of the first prediction's probabilities (:mod:`.device_place`);
+:func:`place_prior_reference` runs it with the numpy placement, the oracle of the tests and benchmarks.
 Both callers get the same :class:`PriorPlacement`, whose JSON-ready ``report`` records the settings the
 placement ran with. Placing at known centres (a label's organ centres, ground truth in studies) gives a
 report of the same form (:func:`place_at_centres`).
@@ -18,13 +20,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
+from nnunet_stipple.positioning.device_place import position_on_device
+from nnunet_stipple.positioning.device_volumes import ClassProbabilities, PriorDrivenProbabilities
 from nnunet_stipple.positioning.place import Placement, position_from_probabilities
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
+from nnunet_stipple.tensors import one_thread_on_cpu
 
 Centres = Dict[int, Optional[List[float]]]
 UNIFORM_FALLBACK = "uniform_fallback"
@@ -48,32 +54,59 @@ def prior_driven_probabilities(first_probabilities: np.ndarray, prior_probabilit
     return driven
 
 
-def place_prior(prior: SpatialPrior, first_probabilities: np.ndarray, settings: PositioningSettings,
-                floor: float = DEFAULT_FLOOR,
-                driven_probabilities: Optional[Callable[[Centres], np.ndarray]] = None,
+def place_prior(prior: SpatialPrior, first_probabilities, settings: PositioningSettings,
+                floor: float = DEFAULT_FLOOR, driven_probabilities: Optional[Callable[[Centres], Any]] = None,
                 case: Optional[str] = None) -> PriorPlacement:
     """Place every class of ``prior`` in a volume from the class probabilities of its first prediction,
     ``first_probabilities`` (K >= num_outputs, X, Y, Z), with ``settings`` (module docstring).
 
-    ``driven_probabilities(centres)`` gives the class probabilities of the prior-driven prediction with the
-    prior's boxes at ``centres``, for the re-positioning steps; by default the prior-driven softmax of
-    ``first_probabilities`` with the prior floored at ``floor`` (the model's ``stipple_floor``). Models with
-    nnU-Net regions (sigmoid outputs) pass their own. ``case`` names the volume in the warning."""
+    The placement runs in torch where the probabilities are: a tensor on the predictor's device stays there
+    (a numpy array is used on the CPU, with one thread: :func:`nnunet_stipple.tensors.one_thread_on_cpu`);
+    only the report leaves it (:mod:`.device_place`).
+    ``driven_probabilities(centres)`` gives the class probabilities (a tensor on the same device) of the
+    prior-driven prediction with the prior's boxes at ``centres``, for the re-positioning steps; by default
+    the prior-driven softmax of ``first_probabilities`` with the prior floored at ``floor`` (the model's
+    ``stipple_floor``), computed only where the searches read it. Models with nnU-Net regions (sigmoid
+    outputs) pass their own. ``case`` names the volume in the warning."""
     check_floor(floor)
-    if driven_probabilities is None:
-        shape = tuple(first_probabilities.shape[1:])
+    first = ClassProbabilities(torch.as_tensor(first_probabilities), prior.num_outputs)
 
-        def driven_probabilities(centres: Centres) -> np.ndarray:
-            return prior_driven_probabilities(first_probabilities, prior.probabilities_on_grid(shape, centres, floor))
+    def driven(centres: Centres):
+        if driven_probabilities is None:
+            return PriorDrivenProbabilities(first, prior, centres, floor)
+        return ClassProbabilities(torch.as_tensor(driven_probabilities(centres)), prior.num_outputs)
 
-    placement = position_from_probabilities(prior, first_probabilities, settings)
+    with one_thread_on_cpu(first.device):
+        return run_placement(prior, settings, floor, lambda start, probabilities: position_on_device(
+            prior, probabilities, settings, start_centres=start), first, driven, case)
+
+
+def place_prior_reference(prior: SpatialPrior, first_probabilities: np.ndarray, settings: PositioningSettings,
+                          floor: float = DEFAULT_FLOOR, case: Optional[str] = None) -> PriorPlacement:
+    """The same procedure with the numpy placement (:func:`.place.position_from_probabilities`) and the
+    prior-driven softmax over the whole volume: the oracle of :func:`place_prior` (tests, benchmarks)."""
+    check_floor(floor)
+    shape = tuple(first_probabilities.shape[1:])
+
+    def driven(centres: Centres) -> np.ndarray:
+        return prior_driven_probabilities(first_probabilities, prior.probabilities_on_grid(shape, centres, floor))
+
+    return run_placement(prior, settings, floor, lambda start, probabilities: position_from_probabilities(
+        prior, probabilities, settings, start_centres=start), first_probabilities, driven, case)
+
+
+def run_placement(prior: SpatialPrior, settings: PositioningSettings, floor: float,
+                  position: Callable[[Optional[Centres], Any], Placement], first, driven: Callable[[Centres], Any],
+                  case: Optional[str]) -> PriorPlacement:
+    """The procedure (module docstring) around one placement, ``position(start_centres, probabilities)``:
+    the first placement from ``first``, then re-positioning steps from ``driven(centres)``, then the report."""
+    placement = position(None, first)
     joint = placement.joint      # the joint search only runs for the first placement: keep it for the report
     steps = 0
     for steps in range(1, settings.repositioning_steps + 1):
         if not placement.ok:
             break
-        placement = position_from_probabilities(prior, driven_probabilities(placement.centres), settings,
-                                                start_centres=placement.centres)
+        placement = position(placement.centres, driven(placement.centres))
         if all(p.offset == [0, 0, 0] for p in placement.classes.values() if p.method == "kl"):
             break
     report = {"method": "kl_search", "settings": settings.to_json(), "floor": float(floor),

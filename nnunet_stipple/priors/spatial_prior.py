@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from nnunet_stipple.atomic import write_json_atomic, write_npz_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.priors.algorithm import bin_of_slice, box_start
+
+if TYPE_CHECKING:
+    import torch
 
 PRIOR_FORMAT_VERSION = 1
 DEFAULT_FLOOR = 1e-3
@@ -192,34 +196,102 @@ class SpatialPrior:
     def template(self, c: int) -> np.ndarray:
         return self.templates[c].astype(np.float32) / 255.0
 
-    def foreground_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]]
-                           ) -> np.ndarray:
-        """Unnormalised organ probabilities q_k (num_outputs, *shape); channel 0 is left at zero.
+    def expanded_histogram_on(self, c: int, device) -> "torch.Tensor":
+        """:meth:`expanded_histogram` as a float32 tensor on ``device``, kept with the prior (one copy per device)."""
+        import torch
+        cache = self.__dict__.setdefault("_expanded_on_device", {})
+        key = (c, str(device))
+        if key not in cache:
+            cache[key] = torch.from_numpy(np.ascontiguousarray(self.expanded_histogram(c), dtype=np.float32)).to(device)
+        return cache[key]
 
-        ``centres[k]`` places class k's box; a class without a centre (absent, or not built) stays 0."""
-        out = np.zeros((self.num_outputs, *shape), dtype=np.float32)
+    def boxes_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]]):
+        """Per built class with a centre whose box touches the grid: ``(c, src, dst)``, the part of its expanded
+        histogram (``src``) that lies on the grid at ``dst``."""
+        out = []
         for c in self.built_classes:
             centre = centres.get(c)
             if centre is None:
                 continue
-            expanded = self.expanded_histogram(c)
-            start = box_start(centre, expanded.shape)
-            src, dst = [], []
-            for d in range(3):
-                lo, hi = int(start[d]), int(start[d]) + expanded.shape[d]
-                clo, chi = max(lo, 0), min(hi, shape[d])
-                if chi <= clo:
-                    break
-                src.append(slice(clo - lo, chi - lo))
-                dst.append(slice(clo, chi))
-            else:
-                out[(c, *dst)] = expanded[tuple(src)]
+            slices = paste_slices(box_start(centre, self.box_size(c)), self.box_size(c), shape)
+            if slices is not None:
+                out.append((c, *slices))
+        return out
+
+    def foreground_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
+                           device=None):
+        """Unnormalised organ probabilities q_k (num_outputs, *shape); channel 0 is left at zero.
+
+        ``centres[k]`` places class k's box; a class without a centre (absent, or not built) stays 0. A numpy
+        array, or with ``device`` a float32 tensor made on that device."""
+        import torch
+        if device is None or torch.device(device).type == "cpu":
+            # numpy's memory on the CPU: it comes in huge pages (see nnunet_stipple.tensors.workspace)
+            out = np.zeros((self.num_outputs, *shape), dtype=np.float32)
+            for c, src, dst in self.boxes_on_grid(shape, centres):
+                out[(c, *dst)] = self.expanded_histogram(c)[src]
+            return out if device is None else torch.from_numpy(out)
+        out = torch.zeros((self.num_outputs, *shape), dtype=torch.float32, device=device)
+        for c, src, dst in self.boxes_on_grid(shape, centres):
+            out[(c, *dst)] = self.expanded_histogram_on(c, device)[src]
         return out
 
     def probabilities_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
-                              floor: float = DEFAULT_FLOOR) -> np.ndarray:
-        """Per-voxel class probabilities p (num_outputs, *shape): p > 0 everywhere and sum_k p_k = 1."""
-        return combine_class_probabilities(self.foreground_on_grid(shape, centres), floor, in_place=True)
+                              floor: float = DEFAULT_FLOOR, device=None):
+        """Per-voxel class probabilities p (num_outputs, *shape): p > 0 everywhere and sum_k p_k = 1 (a numpy
+        array, or with ``device`` a tensor made on that device)."""
+        return combine_class_probabilities(self.foreground_on_grid(shape, centres, device), floor, in_place=True)
+
+    def floored_background_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
+                                   floor: float, device):
+        """The parts of :meth:`probabilities_on_grid` before normalisation, as float32 tensors on ``device``:
+        per box on the grid ``(c, dst, histogram)`` (its histogram's part at grid slices ``dst``; organ ``c`` is
+        ``floor`` elsewhere) and the background ``max(clip(1 - sum_k q_k, 0, 1), floor)`` (one channel)."""
+        import torch
+
+        from nnunet_stipple.tensors import workspace
+        check_floor(floor)
+        shape = tuple(int(n) for n in shape)
+        boxes = [(c, dst, self.expanded_histogram_on(c, device)[src]) for c, src, dst in self.boxes_on_grid(shape, centres)]
+        organs = workspace(shape, torch.float32, device, zeros=True)
+        for _, dst, histogram in boxes:
+            organs[dst] += histogram
+        return boxes, organs.neg_().add_(1.0).clamp_(0.0, 1.0).clamp_(min=floor)
+
+    def log_probabilities_on_grid(self, shape: Sequence[int], centres: Mapping[int, Optional[Sequence[float]]],
+                                  floor: float = DEFAULT_FLOOR, device="cpu") -> "torch.Tensor":
+        """``ln p`` of :meth:`probabilities_on_grid` (float32, on ``device``), computed as
+        ``ln max(q_k, floor) - ln sum_c max(q_c, floor)``: outside the boxes every organ channel is ``ln floor``,
+        so the class channels are written twice in all (fill, subtract) and the sums are one channel."""
+        import torch
+
+        from nnunet_stipple.tensors import workspace
+        boxes, background = self.floored_background_on_grid(shape, centres, floor, device)
+        total = background + floor * (self.num_outputs - 1)
+        for _, dst, histogram in boxes:
+            total[dst] += histogram.clamp(min=floor) - floor
+        log_total = total.log_()
+        out = workspace((self.num_outputs, *background.shape), torch.float32, device)
+        out[1:].fill_(math.log(floor))
+        for c, dst, histogram in boxes:
+            out[(c, *dst)] = histogram.clamp(min=floor).log_()
+        out[1:] -= log_total
+        torch.sub(background.log_(), log_total, out=out[0])
+        return out
+
+
+def paste_slices(start: Sequence[int], size: Sequence[int], shape: Sequence[int]):
+    """Where a box of ``size`` starting at ``start`` meets a grid of ``shape``: ``(src, dst)`` slices of the box
+    and of the grid, or None when the box lies wholly outside."""
+    src, dst = [], []
+    for a, n, m in zip(start, size, shape):
+        lo, hi = int(a), int(a) + int(n)
+        clo, chi = max(lo, 0), min(hi, int(m))
+        if chi <= clo:
+            return None
+        src.append(slice(clo - lo, chi - lo))
+        dst.append(slice(clo, chi))
+    return tuple(src), tuple(dst)
 
 
 def combine_class_probabilities(q, floor: float = DEFAULT_FLOOR, channel_dim: int = 0, in_place: bool = False):

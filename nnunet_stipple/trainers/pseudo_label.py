@@ -28,12 +28,12 @@ class STIPPLETrainer_PseudoLabel(PseudoLabelLoopMixin, STIPPLETrainer):
 
     def predict_for_pseudo_label(self, predictor, data, case):
         visual, offsets, report = predictor.predict_fold(data, None, case)
-        driven = torch.softmax(visual + offsets, 0).numpy()
+        driven = torch.softmax(visual + offsets, 0).cpu().numpy()
         centres = {}
         for c, p in report.get("classes", {}).items():
             if p.get("centre") is not None:
                 centres[c] = p["centre"]
-        return torch.softmax(visual, 0).numpy(), driven, {"centres": centres,
+        return torch.softmax(visual, 0).cpu().numpy(), driven, {"centres": centres,
                                                           "positioning_confidence": report.get("confidence")}
 
     def _round_pseudo_centres(self, t: int, pseudo_ids: List[str]) -> None:

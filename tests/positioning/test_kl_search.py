@@ -34,12 +34,17 @@ EQUIVALENCE_CASES = [
 ]
 
 
+def random_case(vol_shape, ref_shape, binary: bool, seed: int):
+    """Probabilities and a reference (binary or not) for one case of EQUIVALENCE_CASES."""
+    rng = np.random.default_rng(seed)
+    q = rng.random(vol_shape)
+    return q, (rng.random(ref_shape) > 0.5).astype(np.float64) if binary else rng.random(ref_shape)
+
+
 @pytest.mark.parametrize("vol_shape, ref_shape, start, radius, binary", EQUIVALENCE_CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fast_matches_brute_force(vol_shape, ref_shape, start, radius, binary, seed):
-    rng = np.random.default_rng(seed)
-    q = rng.random(vol_shape)
-    r = (rng.random(ref_shape) > 0.5).astype(np.float64) if binary else rng.random(ref_shape)
+    q, r = random_case(vol_shape, ref_shape, binary, seed)
     fast = kl_translation_search(q, r, start, radius)
     slow = brute_force_kl_translation_search(q, r, start, radius)
     assert fast.costs.shape == tuple(2 * k + 1 for k in radius)

@@ -214,6 +214,19 @@ def test_probabilities_on_grid(prior, shape, centres, floor):
         np.testing.assert_allclose(p[c], p.min(0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape, centres", GRID_CASES)
+@pytest.mark.parametrize("floor", [DEFAULT_FLOOR, 0.05])
+def test_log_probabilities_on_grid_are_ln_p_and_the_grid_is_made_on_the_device(prior, shape, centres, floor):
+    expected = np.log(expected_probabilities(expected_foreground(prior, shape, centres), floor).astype(np.float64))
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        log_p = prior.log_probabilities_on_grid(shape, centres, floor, device=device)
+        assert log_p.device.type == device and log_p.dtype == torch.float32
+        np.testing.assert_allclose(log_p.cpu().numpy(), expected, rtol=0, atol=1e-6)
+        p = prior.probabilities_on_grid(shape, centres, floor, device=device)
+        assert p.device.type == device
+        np.testing.assert_array_equal(p.cpu().numpy(), prior.probabilities_on_grid(shape, centres, floor))
+
+
 def test_probabilities_without_any_centre_are_background(prior):
     p = prior.probabilities_on_grid((3, 3, 3), {})
     floor = DEFAULT_FLOOR

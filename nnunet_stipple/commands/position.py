@@ -11,6 +11,7 @@ import numpy as np
 
 from nnunet_stipple.commands import input_errors_exit
 from nnunet_stipple.positioning.volume_files import read_volume
+from nnunet_stipple.positioning.layout import layout_line
 from nnunet_stipple.positioning.settings import PositioningSettings, add_positioning_arguments, \
     positioning_overrides
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR
@@ -28,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(--label) the centres are the organ bounding-box centres; from class probabilities "
             "(--probabilities) the prior is placed exactly as STIPPLE prediction places it: starting centres "
             "(--coarse-placement), each organ's exhaustive KL translation search, the anatomical consistency "
-            "check, then the re-positioning steps from the prior-driven probabilities. The positioning "
-            "settings it ran with are part of the JSON."),
+            "check, the layout check (--layout-guard: a volume holding another organ layout, e.g. mirrored, is "
+            "flagged and by default left without a placement), then the re-positioning steps from the "
+            "prior-driven probabilities. The positioning settings it ran with are part of the JSON."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--prior", required=True, help="prior file fold_F.npz (with fold_F.json next to it)")
@@ -76,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.output:
         from nnunet_stipple.atomic import write_json_atomic
         write_json_atomic(Path(args.output), result)
-        print(f"wrote {args.output} (method {result['method']}, confidence {result['confidence']:.3f})")
+        print(f"wrote {args.output} (method {result['method']}, confidence {result['confidence']:.3f}, "
+              f"{layout_line(result.get('layout'))})")
     else:
         print(text)
     return 0

@@ -31,7 +31,9 @@ from torch._dynamo import OptimizedModule
 from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
-from nnunet_stipple.positioning.procedure import UNIFORM_FALLBACK, PriorPlacement, place_at_centres, place_prior
+from nnunet_stipple.positioning.layout import layout_line
+from nnunet_stipple.positioning.procedure import LAYOUT_FALLBACK, UNIFORM_FALLBACK, PriorPlacement, place_at_centres, \
+    place_prior
 from nnunet_stipple.positioning.settings import PositioningSettings, stored_positioning_settings
 from nnunet_stipple.priors.prior_module import PRIOR_ATTRIBUTE, allow_prior_free_forward, prior_module_of, \
     prior_of_state_dict, unwrap_network
@@ -290,8 +292,10 @@ def positioning_line(report: dict) -> str:
         classes = fold.get("classes", {})
         rejected = [v.get("name", k) for k, v in classes.items() if v.get("rejected_centre") is not None]
         confidence = fold.get("confidence")
+        layout = fold.get("layout")
         parts.append(f"fold {fold.get('fold')}: {fold.get('method')}"
                      + (f", confidence {confidence:.2f}" if isinstance(confidence, (int, float)) else "")
+                     + (f", {layout_line(layout)}" if layout and layout.get("status") == "flagged" else "")
                      + (f", rejected by the layout check: {', '.join(rejected)}" if rejected else "")
                      + (f", {fold['positioning_seconds']:.1f} s" if "positioning_seconds" in fold else ""))
     warning = f"; INPUT: {report['input_problem']}" if report.get("input_problem") else ""
@@ -304,6 +308,9 @@ def positioning_summary(reports: List[dict]) -> str:
     if not folds:
         return "STIPPLE positioning: no case predicted"
     fallbacks = sum(f.get("method") == UNIFORM_FALLBACK for f in folds)
+    flagged = [r.get("case") for r in reports if any((f.get("layout") or {}).get("status") == "flagged"
+                                                     for f in r["folds"])]
+    layout_fallbacks = sum(f.get("method") == LAYOUT_FALLBACK for f in folds)
     confidences = [f["confidence"] for f in folds if isinstance(f.get("confidence"), (int, float))]
     seconds = sum(f.get("positioning_seconds", 0.0) for f in folds)
     rejected = sum(v.get("rejected_centre") is not None for f in folds for v in f.get("classes", {}).values())
@@ -311,6 +318,8 @@ def positioning_summary(reports: List[dict]) -> str:
     return (f"STIPPLE positioning: {len(reports)} cases, {len(folds)} placements, {fallbacks} with a uniform prior "
             f"(no organ found), mean confidence {np.mean(confidences) if confidences else float('nan'):.2f}, "
             f"{rejected} organ placements rejected by the layout check, {seconds:.1f} s in all"
+            + (f"; {len(flagged)} cases flagged by the layout check ({', '.join(map(str, flagged))}), "
+               f"{layout_fallbacks} placements left uniform for it" if flagged else "")
             + (f"; {suspicious} cases with a constant or non-finite image" if suspicious else ""))
 
 

@@ -40,8 +40,9 @@ def position_prior(prior: SpatialPrior, label=None, probabilities=None,
     * ``probabilities`` (float array (K, X, Y, Z), K >= the prior's number of outputs, e.g. the
       ``probabilities`` of nnU-Net's ``--save_probabilities`` npz in preprocessed space): the placement STIPPLE
       prediction runs (:func:`nnunet_stipple.positioning.procedure.place_prior`) with ``settings`` and the
-      model's prior ``floor`` (used by the re-positioning steps). Method ``"kl_search"``, or
-      ``"uniform_fallback"`` when no organ of the prior is found.
+      model's prior ``floor`` (used by the re-positioning steps). Method ``"kl_search"``,
+      ``"uniform_fallback"`` when no organ of the prior is found, or ``"layout_fallback"`` when the volume
+      holds another organ layout than the prior's (``layout``, :mod:`nnunet_stipple.positioning.layout`).
 
     Returns a JSON-ready dict: the prior (dataset, configuration, fold, B), ``shape`` and the placement's
     report: ``method``, ``confidence`` (mean KL-search confidence; 1.0 for a label), ``centres`` (class ->

@@ -21,7 +21,8 @@ from nnunet_stipple.positioning.joint_search import DEFAULT_COARSE_MM, JOINT_EPS
     coarse_factors
 from nnunet_stipple.positioning.kl_search import mm_to_voxel_radius
 from nnunet_stipple.positioning.place import ClassPlacement, Placement, _largest_component_centre, \
-    checked_and_completed, joint_start, searched_class_placement
+    checked_and_completed, coarse_start_centres, layout_input, memoized, \
+    searched_class_placement
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.algorithm import box_start
 from nnunet_stipple.priors.spatial_prior import SpatialPrior
@@ -65,25 +66,27 @@ def position_on_device(prior: SpatialPrior, source, settings: PositioningSetting
                        eps: float = 1e-4) -> Placement:
     """One placement of every class of ``prior`` from ``source`` (a :mod:`.device_volumes` source), on its
     device; arguments and result as :func:`nnunet_stipple.positioning.place.position_from_probabilities`."""
-    coarse = settings.coarse_placement
     radius = mm_to_voxel_radius(settings.search_radius_mm, prior.spacing)
     counts = source.counts()
     device, shape = source.device, source.shape
     placement = Placement()
-    if start_centres is None and coarse == "joint":
+
+    @memoized
+    def component_centre(c: int) -> np.ndarray:
+        box = source.box(c)
+        return _largest_component_centre(source.winning_voxels(c, box)) + np.asarray(box[0])
+
+    if start_centres is None:
         found = [c for c in prior.built_classes if c < len(counts) and counts[c] > 0]
-        placement.joint, start_centres = joint_start(prior, found,
-                                                     lambda: joint_displacement_on_device(prior, source, found))
+        placement.joint, start_centres = coarse_start_centres(
+            prior, settings, found, lambda: joint_displacement_on_device(prior, source, found), component_centre)
+        placement.components = layout_input(settings, found, component_centre)
     for c in prior.built_classes:
         n = counts[c] if c < len(counts) else 0
-        if start_centres is not None and start_centres.get(c) is not None:
-            centre0 = np.asarray(start_centres[c], dtype=np.float64)
-        elif n and coarse == "components":
-            box = source.box(c)
-            centre0 = _largest_component_centre(source.winning_voxels(c, box)) + np.asarray(box[0])
-        else:
+        if start_centres.get(c) is None:
             placement.classes[c] = ClassPlacement(centre=None, method="none", predicted_voxels=n)
             continue
+        centre0 = np.asarray(start_centres[c], dtype=np.float64)
         size = prior.box_size(c)
         start0 = tuple(int(v) for v in box_start(centre0, size))
         # a shift beyond the volume plus the box puts the box wholly outside: a huge radius is a search of the

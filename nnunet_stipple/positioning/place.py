@@ -6,7 +6,8 @@
   template (:mod:`.kl_search`), searched exhaustively. The coarse centres come either from one joint
   search over a common displacement of all found organs (``coarse_placement="joint"``, the default;
   :mod:`.joint_search`) or, as in the paper, from each organ's largest predicted connected component
-  (``coarse_placement="components"``).
+  (``coarse_placement="components"``), or from both (``"hybrid"``: an organ's component where it agrees with
+  the joint layout, the joint start elsewhere; :func:`coarse_start_centres`).
 
 The settings are a :class:`~nnunet_stipple.positioning.settings.PositioningSettings`; the whole
 procedure around one placement (re-positioning, uniform fallback, report) is :mod:`.procedure`.
@@ -33,12 +34,12 @@ positioning fails and callers fall back to a uniform prior (plain softmax) with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from nnunet_stipple.positioning.joint_search import joint_displacement
+from nnunet_stipple.positioning.joint_search import JointDisplacement, joint_displacement
 from nnunet_stipple.positioning.kl_search import kl_translation_search, mm_to_voxel_radius, prepare_reference
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.algorithm import box_start, class_bounding_boxes, organ_centre
@@ -71,6 +72,9 @@ class ClassPlacement:
 class Placement:
     classes: Dict[int, ClassPlacement] = field(default_factory=dict)
     joint: Optional[dict] = None     # the joint search's displacement (joint coarse placement only)
+    # the found classes' largest-component centres (first placement, unless the layout guard is off): the
+    # layout check's input (:mod:`.layout`)
+    components: Dict[int, List[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -134,28 +138,26 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
     probs = np.asarray(probabilities, dtype=np.float32)
     if probs.ndim != 4 or probs.shape[0] < prior.num_outputs:
         raise ValueError(f"probabilities must be (>= {prior.num_outputs}, X, Y, Z), got {probs.shape}")
-    coarse = settings.coarse_placement
     radius = mm_to_voxel_radius(settings.search_radius_mm, prior.spacing)
     argmax = probs.argmax(0).astype(np.int32)
     # one pass for every class's bounding box; connected components then only run inside each box
     boxes = ndimage.find_objects(argmax, max_label=prior.num_outputs - 1)
+    counts = {c: int((argmax[boxes[c - 1]] == c).sum()) if c - 1 < len(boxes) and boxes[c - 1] is not None else 0
+              for c in prior.built_classes}
     placement = Placement()
-    if start_centres is None and coarse == "joint":
-        found = [c for c in prior.built_classes if c - 1 < len(boxes) and boxes[c - 1] is not None]
-        placement.joint, start_centres = joint_start(prior, found, lambda: joint_displacement(prior, probs, found))
+    if start_centres is None:
+        found = [c for c in prior.built_classes if counts[c]]
+        component_centre = memoized(
+            lambda c: _largest_component_centre(argmax[boxes[c - 1]] == c) + np.array([s.start for s in boxes[c - 1]]))
+        placement.joint, start_centres = coarse_start_centres(
+            prior, settings, found, lambda: joint_displacement(prior, probs, found), component_centre)
+        placement.components = layout_input(settings, found, component_centre)
     for c in prior.built_classes:
-        box = boxes[c - 1] if c - 1 < len(boxes) else None
-        crop = (argmax[box] == c) if box is not None else None
-        n = int(crop.sum()) if crop is not None else 0
-        if start_centres is not None and start_centres.get(c) is not None:
-            centre0 = np.asarray(start_centres[c], dtype=np.float64)
-        elif n and coarse == "components":
-            centre0 = _largest_component_centre(crop) + np.array([s.start for s in box])
-        else:
-            centre0 = None
-        if centre0 is None:
+        n = counts[c]
+        if start_centres.get(c) is None:
             placement.classes[c] = ClassPlacement(centre=None, method="none", predicted_voxels=n)
             continue
+        centre0 = np.asarray(start_centres[c], dtype=np.float64)
         size = prior.box_size(c)
         start0 = box_start(centre0, size)
         # a shift beyond the volume plus the box puts the box wholly outside: a huge radius is a search of the
@@ -165,6 +167,50 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
                                     r, eps=eps)
         placement.classes[c] = searched_class_placement(res, size, centre0, n)
     return checked_and_completed(prior, placement, settings)
+
+
+def coarse_start_centres(prior: SpatialPrior, settings: PositioningSettings, found: Sequence[int],
+                         joint_search: Callable[[], JointDisplacement],
+                         component_centre: Callable[[int], np.ndarray]) -> Tuple[Optional[dict], Dict[int, list]]:
+    """Where the KL search of each class the first prediction ``found`` starts, by ``settings.coarse_placement``
+    (module docstring), and the joint search's report (None if it did not run). ``joint_search()`` runs the
+    joint search, ``component_centre(c)`` gives the centre of class c's largest predicted component.
+
+    ``"hybrid"`` takes a class's component where it agrees with the joint layout (within
+    ``settings.anatomy_tolerance_mm`` of the joint start; 0: always) and the joint start elsewhere: a good
+    first prediction places each organ where it is (organs move by 25-35 mm relative to each other between
+    scans, more than the joint layout can follow), a weak one's stray components (100-300 mm off) are not used."""
+    coarse = settings.coarse_placement
+    if coarse == "components":
+        return None, {c: np.asarray(component_centre(c), dtype=np.float64).tolist() for c in found}
+    joint, starts = joint_start(prior, found, joint_search)
+    if coarse == "hybrid":
+        spacing = np.asarray(prior.spacing, dtype=np.float64)
+        tolerance = settings.anatomy_tolerance_mm
+        for c in found:
+            component = np.asarray(component_centre(c), dtype=np.float64)
+            if not tolerance or np.linalg.norm((component - starts[c]) * spacing) <= tolerance:
+                starts[c] = component.tolist()
+    return joint, starts
+
+
+def memoized(component_centre: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
+    """``component_centre`` computed once per class (the coarse start and the layout check both read it)."""
+    known: Dict[int, np.ndarray] = {}
+
+    def centre(c: int) -> np.ndarray:
+        if c not in known:
+            known[c] = np.asarray(component_centre(c), dtype=np.float64)
+        return known[c]
+    return centre
+
+
+def layout_input(settings: PositioningSettings, found: Sequence[int],
+                 component_centre: Callable[[int], np.ndarray]) -> Dict[int, List[float]]:
+    """The found classes' component centres for the layout check (none when the guard is off)."""
+    if settings.layout_guard == "off":
+        return {}
+    return {c: component_centre(c).tolist() for c in found}
 
 
 def joint_start(prior: SpatialPrior, found: Sequence[int], joint_search):

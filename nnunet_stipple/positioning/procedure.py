@@ -10,6 +10,10 @@ From the class probabilities of a first (prior-free) prediction:
 3. if the first prediction holds no organ of the prior, no placement: prediction falls back to a uniform
    prior (plain nnU-Net output), with a warning.
 
+Between 1 and 2, the layout check (:mod:`.layout`, setting ``layout_guard``): a first prediction holding
+another organ layout than the prior's (mirrored, flipped, placements that cannot be reconciled) is flagged in
+the report, and by default predicted with a uniform prior too (method ``layout_fallback``).
+
 The procedure runs in torch on the device of the first prediction's probabilities (:mod:`.device_place`);
 :func:`place_prior_reference` runs it with the numpy placement, the oracle of the tests and benchmarks.
 Both callers get the same :class:`PriorPlacement`, whose JSON-ready ``report`` records the settings the
@@ -27,6 +31,7 @@ import torch
 
 from nnunet_stipple.positioning.device_place import position_on_device
 from nnunet_stipple.positioning.device_volumes import ClassProbabilities, PriorDrivenProbabilities
+from nnunet_stipple.positioning.layout import assess_layout, layout_line
 from nnunet_stipple.positioning.place import Placement, position_from_probabilities
 from nnunet_stipple.positioning.settings import PositioningSettings
 from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, check_floor
@@ -34,6 +39,7 @@ from nnunet_stipple.tensors import one_thread_on_cpu
 
 Centres = Dict[int, Optional[List[float]]]
 UNIFORM_FALLBACK = "uniform_fallback"
+LAYOUT_FALLBACK = "layout_fallback"     # another organ layout than the prior's: uniform prior (see .layout)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,19 @@ def run_placement(prior: SpatialPrior, settings: PositioningSettings, floor: flo
     the first placement from ``first``, then re-positioning steps from ``driven(centres)``, then the report."""
     placement = position(None, first)
     joint = placement.joint      # the joint search only runs for the first placement: keep it for the report
+    layout = None if settings.layout_guard == "off" else assess_layout(
+        prior, placement.components, placed=[c for c, p in placement.classes.items() if p.method == "kl"],
+        rejected=[c for c, p in placement.classes.items() if p.rejected_centre is not None])
+    if layout is not None and layout["status"] == "flagged" and settings.layout_guard == "fallback":
+        of_case = f"case {case}" if case is not None else "the volume"
+        warnings.warn(f"STIPPLE: {of_case} does not hold the organ layout of the prior ({layout_line(layout)}); "
+                      f"the prior is not placed and prediction uses a uniform prior (plain nnU-Net output) for fold "
+                      f"{prior.fold}. If the layout is right, predict with --layout-guard flag.")
+        return PriorPlacement(None, {
+            "method": LAYOUT_FALLBACK, "settings": settings.to_json(), "floor": float(floor),
+            "repositioning_steps": 0, "ok": False, "confidence": placement.confidence,
+            "centres": {str(c): None for c in prior.classes}, "classes": _class_reports(prior, placement),
+            "joint": joint, "layout": layout})
     steps = 0
     for steps in range(1, settings.repositioning_steps + 1):
         if not placement.ok:
@@ -111,7 +130,7 @@ def run_placement(prior: SpatialPrior, settings: PositioningSettings, floor: flo
             break
     report = {"method": "kl_search", "settings": settings.to_json(), "floor": float(floor),
               "repositioning_steps": steps, "ok": placement.ok, "confidence": placement.confidence,
-              "centres": {}, "classes": _class_reports(prior, placement), "joint": joint}
+              "centres": {}, "classes": _class_reports(prior, placement), "joint": joint, "layout": layout}
     if not placement.ok:
         of_case = f" of case {case}" if case is not None else ""
         warnings.warn(f"STIPPLE: no organ of the prior was found in the first prediction{of_case}; the prior is "

@@ -20,7 +20,9 @@ from typing import Any, Dict, Mapping, Optional
 
 from nnunet_stipple.errors import StippleInputError
 
-COARSE_PLACEMENTS = ("joint", "components")
+COARSE_PLACEMENTS = ("joint", "components", "hybrid")
+LAYOUT_GUARDS = ("fallback", "flag", "off")
+CHOICES = {"coarse_placement": COARSE_PLACEMENTS, "layout_guard": LAYOUT_GUARDS}   # settings with named values
 TRAINER_ATTRIBUTE_PREFIX = "stipple_"   # a trainer's knob for setting x is its attribute stipple_x
 STORED_KEY = "positioning"              # the settings' key among a trainer's stored settings
 
@@ -34,7 +36,12 @@ DESCRIPTIONS = {
                             "0 switches the check off",
     "coarse_placement": "where each organ's KL search starts: 'joint' searches one displacement of all "
                         "organs' mean training centres that best explains the first prediction; "
-                        "'components' starts from each organ's largest predicted component",
+                        "'components' starts from each organ's largest predicted component; 'hybrid' takes the "
+                        "component where it lies within anatomy_tolerance_mm of the joint start, the joint start "
+                        "elsewhere",
+    "layout_guard": "what a case whose first prediction holds another organ layout than the prior's (mirrored, "
+                    "flipped, irreconcilable placements) gets: 'fallback' flags it and predicts without the prior "
+                    "(plain nnU-Net output), 'flag' only flags it, 'off' does not check",
 }
 
 
@@ -53,6 +60,7 @@ class PositioningSettings:
     repositioning_steps: int = 1
     anatomy_tolerance_mm: float = 60.0
     coarse_placement: str = "joint"
+    layout_guard: str = "fallback"
 
     def __post_init__(self):
         for name in ("search_radius_mm", "anatomy_tolerance_mm"):
@@ -66,9 +74,9 @@ class PositioningSettings:
             raise StippleInputError(f"repositioning_steps ({DESCRIPTIONS['repositioning_steps']}) must be a "
                                     f"non-negative integer, got {steps!r}.")
         object.__setattr__(self, "repositioning_steps", int(steps))
-        if self.coarse_placement not in COARSE_PLACEMENTS:
-            raise StippleInputError(f"coarse_placement must be one of {', '.join(COARSE_PLACEMENTS)}, got "
-                                    f"{self.coarse_placement!r}.")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise StippleInputError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}.")
 
     # ---- JSON ---------------------------------------------------------------------------------------------
     def to_json(self) -> Dict[str, Any]:
@@ -136,7 +144,7 @@ def add_positioning_arguments(parser: argparse.ArgumentParser, description: str,
     types = {f.name: f.type for f in fields(PositioningSettings)}
     defaults = PositioningSettings()
     for name in setting_names():
-        kwargs = {"choices": COARSE_PLACEMENTS} if name == "coarse_placement" else \
+        kwargs = {"choices": CHOICES[name]} if name in CHOICES else \
             {"type": int if types[name] in (int, "int") else float}
         group.add_argument(command_line_flag(name), *(aliases or {}).get(name, ()), dest=name,
                            default=argparse.SUPPRESS,

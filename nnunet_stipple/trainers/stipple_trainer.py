@@ -67,6 +67,7 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
     stipple_repositioning_steps: int = PositioningSettings.repositioning_steps
     stipple_anatomy_tolerance_mm: float = PositioningSettings.anatomy_tolerance_mm
     stipple_coarse_placement: str = PositioningSettings.coarse_placement
+    stipple_layout_guard: str = PositioningSettings.layout_guard
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -44,6 +44,7 @@ SETTINGS = [
     PositioningSettings(search_radius_mm=3, repositioning_steps=3, anatomy_tolerance_mm=10.0,
                         coarse_placement="components"),
     PositioningSettings(search_radius_mm=5, repositioning_steps=2, anatomy_tolerance_mm=0.0),
+    PositioningSettings(search_radius_mm=3, repositioning_steps=1, anatomy_tolerance_mm=8.0, coarse_placement="hybrid"),
 ]
 CASES = [pytest.param(make, settings, id=f"{name}-{i}") for name, make in VOLUMES for i, settings in enumerate(SETTINGS)]
 

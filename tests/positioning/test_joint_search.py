@@ -95,6 +95,45 @@ def test_false_positive_no_longer_decides_where_its_organ_search_starts(coarse, 
         assert placement.joint["classes"] == [1, 2] and placement.joint["displacement"] == [3, 0, 0]
 
 
+def _organs_moved_apart(extra: int):
+    """The layout of ``_label`` shifted by 3 slices, with organ 2 moved ``extra`` further slices away from organ 1:
+    the relative motion between scans that one common displacement cannot follow."""
+    lab = np.zeros((40, 24, 24), np.uint8)
+    lab[11:21, 4:10, 4:12] = 1
+    lab[15 + extra:23 + extra, 14:20, 12:18] = 2
+    return lab
+
+
+# (coarse placement, anatomy tolerance mm, first prediction, whose start class 2's search uses: "component" of the
+# first prediction or "joint" start)
+HYBRID_CASES = [
+    ("hybrid", 10.0, "moved apart", "component"),     # 4 slices from the joint start: within tolerance
+    ("hybrid", 3.0, "moved apart", "joint"),          # beyond a 3 mm tolerance
+    ("hybrid", 10.0, "far false positive", "joint"),  # the blob is 30 slices away
+    ("hybrid", 0.0, "far false positive", "component"),   # tolerance 0: components always
+    ("joint", 10.0, "moved apart", "joint"),
+    ("components", 10.0, "far false positive", "component"),
+]
+
+
+@pytest.mark.parametrize("coarse, tolerance_mm, volume, expected_start", HYBRID_CASES)
+def test_hybrid_takes_components_that_agree_with_the_joint_layout(coarse, tolerance_mm, volume, expected_start):
+    prior = _prior([_label(), _label()])
+    first = _organs_moved_apart(4) if volume == "moved apart" else _with_far_false_positive()[1]
+    # radius 0: each class stays at its start, so the start is what the placement shows
+    settings = PositioningSettings(search_radius_mm=0, anatomy_tolerance_mm=tolerance_mm, coarse_placement=coarse)
+    placement = position_from_probabilities(prior, _onehot(first), settings)
+    component = centres_from_label(first, [1, 2])
+    assert placement.classes[2].coarse_centre is not None
+    if expected_start == "component":
+        assert placement.classes[2].coarse_centre == pytest.approx(component[2])
+    else:
+        joint_start = np.asarray(prior.mean_centres[2]) + placement.joint["displacement"]
+        assert placement.classes[2].coarse_centre == pytest.approx(joint_start.tolist())
+        assert np.abs(np.asarray(component[2]) - joint_start).max() >= 3
+    assert (placement.joint is None) == (coarse == "components")
+
+
 def test_classes_without_predicted_voxels_are_placed_from_the_others():
     prior = _prior([_label(), _label()])
     target = _label(shift=4)
@@ -106,7 +145,7 @@ def test_classes_without_predicted_voxels_are_placed_from_the_others():
 
 
 def test_unknown_coarse_method_is_refused():
-    with pytest.raises(StippleInputError, match="coarse_placement must be one of joint, components"):
+    with pytest.raises(StippleInputError, match="coarse_placement must be one of joint, components, hybrid"):
         PositioningSettings(coarse_placement="centre")
 
 

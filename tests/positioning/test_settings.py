@@ -12,7 +12,8 @@ from nnunet_stipple.positioning.settings import PositioningSettings, add_positio
 
 def test_defaults():
     assert PositioningSettings().to_json() == {"search_radius_mm": 20.0, "repositioning_steps": 1,
-                                               "anatomy_tolerance_mm": 60.0, "coarse_placement": "joint"}
+                                               "anatomy_tolerance_mm": 60.0, "coarse_placement": "joint",
+                                               "layout_guard": "fallback"}
 
 
 BAD = [
@@ -28,8 +29,10 @@ BAD = [
     ("repositioning_steps", 1.0, "must be a non-negative integer, got 1.0"),
     ("repositioning_steps", "2", "must be a non-negative integer, got '2'"),
     ("repositioning_steps", False, "must be a non-negative integer, got False"),
-    ("coarse_placement", "centre", "coarse_placement must be one of joint, components, got 'centre'"),
+    ("coarse_placement", "centre", "coarse_placement must be one of joint, components, hybrid, got 'centre'"),
     ("coarse_placement", None, "got None"),
+    ("layout_guard", "warn", "layout_guard must be one of fallback, flag, off, got 'warn'"),
+    ("layout_guard", False, "layout_guard must be one of fallback, flag, off, got False"),
 ]
 
 
@@ -102,10 +105,10 @@ def _parser():
 
 def test_command_line_options_are_the_setting_names():
     args = _parser().parse_args(["--search-radius-mm", "7", "--repositioning-steps", "2",
-                                 "--anatomy-tolerance-mm", "0", "--coarse", "components"])
+                                 "--anatomy-tolerance-mm", "0", "--coarse", "components", "--layout-guard", "flag"])
     overrides = positioning_overrides(args)
     assert overrides == {"search_radius_mm": 7.0, "repositioning_steps": 2, "anatomy_tolerance_mm": 0.0,
-                         "coarse_placement": "components"}
+                         "coarse_placement": "components", "layout_guard": "flag"}
     assert sorted(overrides) == sorted(setting_names())
     assert positioning_overrides(_parser().parse_args([])) == {}
     with pytest.raises(StippleInputError, match="^the command line: repositioning_steps"):

@@ -9,12 +9,13 @@ from nnunet_stipple.trainers import STIPPLETrainer
 
 CASES = [
     # (attribute, value, part of the message)
-    ("stipple_coarse_placement", "centre", "coarse_placement must be one of joint, components, got 'centre'"),
+    ("stipple_coarse_placement", "centre", "coarse_placement must be one of joint, components, hybrid, got 'centre'"),
     ("stipple_search_radius_mm", -5.0, "must be a non-negative number, got -5.0"),
     ("stipple_search_radius_mm", "20", "must be a non-negative number, got '20'"),
     ("stipple_anatomy_tolerance_mm", float("inf"), "anatomy_tolerance_mm (reject an organ placement"),
     ("stipple_anatomy_tolerance_mm", None, "anatomy_tolerance_mm (reject an organ placement"),
     ("stipple_repositioning_steps", 1.5, "repositioning_steps (re-searches"),
+    ("stipple_layout_guard", "warn", "layout_guard must be one of fallback, flag, off, got 'warn'"),
 ]
 
 

@@ -278,6 +278,36 @@ def test_positioning_study_script(trained, tmp_path):
     assert header.split()[1:] == list(MODES)
 
 
+def test_positioning_ablation_script_keeps_first_predictions(trained, tmp_path):
+    """scripts/positioning_ablation.py: records written, the logits cached by the first run and reused (not
+    rewritten) by the second, which gives the same Dice."""
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "positioning_ablation.py"
+    cache = tmp_path / "cache"
+
+    def ablation(out):
+        proc = subprocess.run([sys.executable, str(script), "-m", f"phantom={trained['model']}", "-f", "0",
+                               "--max-cases", "2", "--cache", str(cache), "-o", str(out), "--variants", "joint",
+                               "hybrid", "--method", "hybrid", "--no-mirroring"], env=trained["env"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "ablation.json").read_text())
+
+    first = ablation(tmp_path / "a")
+    cached = sorted((cache / "phantom" / "fold0").glob("*.npy"))
+    assert len(cached) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    second = ablation(tmp_path / "b")
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    model = first["models"]["phantom"]
+    assert model["modes"] == ["visual", "naive", "joint", "hybrid", "ground_truth"]
+    assert model["per_case"] == second["models"]["phantom"]["per_case"]
+    assert model["settings"]["hybrid"]["coarse_placement"] == "hybrid"
+    rows = (tmp_path / "a" / "positioning.csv").read_text().splitlines()
+    assert rows[0] == "run_id,fold,case,class_key,mode,dice" and len(rows) == 1 + 2 * 4 * len(model["labels"])
+
+
 def _sha(path) -> str:
     import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -57,6 +57,7 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     ``logits_cache``: a folder keeping each case's network logits (module docstring)."""
     from nnunet_stipple.inference.api import stipple_trainers_findable
     from nnunet_stipple.inference.predictor import STIPPLEPredictor
+    from nnunet_stipple.positioning.layout import typical_misfit_mm
     from nnunet_stipple.positioning.place import centres_from_label
     from nnunet_stipple.nnunet_folders import open_preprocessed, training_cases_of_fold, dataset_class_for
     import json
@@ -75,6 +76,14 @@ def evaluate_positioning(model_folder: str, fold: int, checkpoint: str = "checkp
     val = val[:max_cases] if max_cases else val
     loader = dataset_class_for(ds)(str(ds.data_folder), list(val))
     classes = prior.classes
+    if typical_misfit_mm(prior) is None:
+        # a checkpoint written before priors stored it: the layout check needs the training cases' layouts, which
+        # the preprocessed labels of the prior's training cases give (the model itself is not changed)
+        training = dataset_class_for(ds)(str(ds.data_folder), list(prior.training_cases))
+        centres = {case: centres_from_label(np.asarray(training.load_case(case)[1][0]), prior.built_classes)
+                   for case in prior.training_cases}
+        prior = replace(prior, case_centres=centres)
+        model = replace(model, prior=prior)
     variants = VARIANT_OVERRIDES if variants is None else variants
     modes = ("visual", *variants, "ground_truth")
     models = {mode: replace(model, positioning=model.positioning.with_overrides(

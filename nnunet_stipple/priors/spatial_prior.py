@@ -23,6 +23,7 @@ import numpy as np
 from nnunet_stipple.atomic import write_json_atomic, write_npz_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.priors.algorithm import bin_of_slice, box_start
+from nnunet_stipple.priors.layout_spread import largest_case_misfit_mm
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +49,9 @@ class SpatialPrior:
     mean_centres: Dict[int, List[float]]
     training_cases: List[str]
     case_centres: Dict[str, Dict[int, List[float]]] = field(default_factory=dict)
+    # the largest misfit of a training case's layout to the mean layout (mm, positioning/layout.py): kept where
+    # case_centres are not (checkpoints); None in priors written before it was stored
+    layout_misfit_mm: Optional[float] = None
     version: int = PRIOR_FORMAT_VERSION
 
     # ---- derived --------------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ class SpatialPrior:
             "training_cases": list(self.training_cases),
             "case_centres": {case: {str(c): [float(v) for v in cen] for c, cen in sorted(cc.items())}
                              for case, cc in sorted(self.case_centres.items())},
+            "layout_misfit_mm": (largest_case_misfit_mm(self.case_centres, self.mean_centres, self.spacing)
+                                 if self.case_centres else self.layout_misfit_mm),
         }
 
     def arrays(self) -> Dict[str, np.ndarray]:
@@ -131,6 +137,7 @@ class SpatialPrior:
                 training_cases=list(meta["training_cases"]),
                 case_centres={case: {int(c): list(v) for c, v in cc.items()}
                               for case, cc in meta.get("case_centres", {}).items()},
+                layout_misfit_mm=None if meta.get("layout_misfit_mm") is None else float(meta["layout_misfit_mm"]),
                 version=int(meta["version"]),
             )
         except StippleInputError:

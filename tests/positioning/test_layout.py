@@ -84,10 +84,26 @@ def test_a_typical_case_is_placed_and_reports_its_layout(phantom_prior, place):
     assert layout["misfit_mm"][AS_TRAINED] <= layout["typical_mm"]
 
 
-def test_irreconcilable_placements_are_flagged(phantom_prior):
+def test_irreconcilable_placements_are_noted_not_flagged(phantom_prior):
     report = assess_layout(phantom_prior, {}, placed=[1, 2], rejected=[3, 4, 5])
-    assert report["status"] == "flagged" and report["reasons"] == ["irreconcilable"]
-    assert assess_layout(phantom_prior, {}, placed=[1, 2, 3], rejected=[4])["status"] == "undetermined"
+    assert report["status"] == "undetermined" and report["notes"] == ["irreconcilable"] and report["reasons"] == []
+    assert assess_layout(phantom_prior, {}, placed=[1, 2, 3], rejected=[4])["notes"] == []
+
+
+def test_the_typical_misfit_travels_with_the_prior_into_checkpoints(phantom_prior):
+    """Checkpoints keep no per-case centres (priors/prior_module.py): the prior's metadata carries the typical
+    misfit, and a mirrored case is still flagged with a prior read back from it."""
+    from dataclasses import replace
+    from nnunet_stipple.priors.spatial_prior import SpatialPrior
+    meta = dict(phantom_prior.metadata(), case_centres={})
+    stripped = SpatialPrior.from_metadata_and_arrays(meta, phantom_prior.arrays())
+    assert stripped.case_centres == {} and stripped.layout_misfit_mm == pytest.approx(typical_misfit_mm(phantom_prior))
+    centres = centres_from_label(make_phantom_case(20)[1][:, :, ::-1].copy(), phantom_prior.built_classes)
+    assert assess_layout(stripped, centres)["status"] == "flagged"
+    # a prior written before the value was stored cannot tell: nothing is flagged
+    old = replace(stripped, layout_misfit_mm=None)
+    report = assess_layout(old, centres)
+    assert report["status"] == "typical" and report["typical_mm"] is None
 
 
 def test_misfit_by_hand():

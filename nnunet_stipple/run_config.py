@@ -72,8 +72,8 @@ class RunConfig:
     # pseudo-labeling trainers: m0 = <this model folder>/fold_<f>/checkpoint_final.pth, the same training without
     # relabeling (same data, seed and settings; absolute or relative to this file's folder), not trained again
     round0_model_folder: Optional[str] = None
-    # teacher-student trainers (mean teacher, UA-MT): their settings object, checked by
-    # nnunet_stipple.semi_supervised.settings (None: its defaults)
+    # semi-supervised trainers (mean teacher, UA-MT, SASSNet, adversarial confidence): their settings object, checked
+    # by nnunet_stipple.semi_supervised.settings (None: the trainer's defaults)
     semi_supervised: Optional[dict] = None
 
     def validate(self, source: str = RUN_CONFIG_FILE) -> "RunConfig":
@@ -109,8 +109,8 @@ class RunConfig:
             raise StippleInputError(f"{source}: round0_model_folder must be a folder (a string) or null, got "
                                     f"{self.round0_model_folder!r}")
         if self.semi_supervised is not None:
-            from nnunet_stipple.semi_supervised.settings import SemiSupervisedSettings
-            SemiSupervisedSettings.from_dict(self.semi_supervised, source)
+            from nnunet_stipple.semi_supervised.settings import check_semi_supervised_object
+            check_semi_supervised_object(self.semi_supervised, source)
         return self
 
     @property

@@ -26,7 +26,7 @@ from nnunet_stipple.run_config import LEARNED_FROM_KEYS, RUN_CONFIG_FILE, SCHEDU
 class LabelProportionMixin:
     """Reads ``stipple_run.json`` (see :mod:`nnunet_stipple.run_config`) and trains on the labeled subset."""
 
-    takes_semi_supervised_settings = False   # the teacher-student trainers read stipple_run.json's semi_supervised
+    takes_semi_supervised_settings = False   # the semi-supervised trainers read stipple_run.json's semi_supervised
 
     def _read_run_config(self) -> None:
         self.run_config = RunConfig.for_output_folder(self.output_folder_base)
@@ -35,7 +35,8 @@ class LabelProportionMixin:
             # a trainer that would silently ignore them: the user meant another trainer, or copied a file
             raise StippleInputError(
                 f"{Path(self.output_folder_base) / RUN_CONFIG_FILE}: semi_supervised settings are for the "
-                f"teacher-student trainers (nnUNetTrainer_MeanTeacher, nnUNetTrainer_UAMT); {type(self).__name__} "
+                f"semi-supervised trainers (nnUNetTrainer_MeanTeacher, nnUNetTrainer_UAMT, nnUNetTrainer_SASSNet, "
+                f"nnUNetTrainer_AdversarialConfidence); {type(self).__name__} "
                 f"does not use them. Remove the key or train with one of those trainers.")
         for name in SCHEDULE_KEYS:
             if getattr(rc, name) is not None:

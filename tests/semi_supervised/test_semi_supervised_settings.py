@@ -143,3 +143,42 @@ def test_validation_cases_never_enter_the_unlabeled_pool(tmp_path):
     stub = TeacherStudentStub(tmp_path / "n", {}, unlabeled=ok + [UnlabeledCase("v", tmp_path, False)])
     with pytest.raises(StippleInputError, match=r"Validation cases \['v'\]"):
         stub._checked_unlabeled_cases()
+
+
+# ---- SASSNet and adversarial confidence ------------------------------------------------------------------------
+def test_sassnet_and_adversarial_defaults_are_their_papers():
+    from nnunet_stipple.semi_supervised.settings import AdversarialConfidenceSettings, SASSNetSettings
+    s = SASSNetSettings.from_dict(None, "x")
+    assert (s.sdm_weight, s.adversarial_weight, s.adversarial_rampup, s.discriminator_lr) == (0.3, 0.001, 1.0, 1e-4)
+    assert (s.discriminator_features, s.discriminator_dropout, s.unlabeled_batch_ratio) == (64, 0.5, 1.0)
+    a = AdversarialConfidenceSettings.from_dict({}, "x")
+    assert (a.adversarial_weight, a.semi_weight, a.confidence_threshold, a.semi_start) == (0.01, 0.1, 0.2, 0.25)
+
+
+@pytest.mark.parametrize("d, message", [
+    ({"sdm_weight": -1}, "semi_supervised.sdm_weight must be a number in [0, inf)"),
+    ({"discriminator_features": 8.5}, "semi_supervised.discriminator_features must be an integer >= 1"),
+    ({"discriminator_lr": 0}, "semi_supervised.discriminator_lr must be a number in (0, 1]"),
+    ({"confidence_threshold": 1.0}, "semi_supervised.confidence_threshold must be a number in [0, 1)"),
+    ({"semi_start": 2}, "semi_supervised.semi_start must be a number in [0, 1]"),
+    ({"ema_decay": 0.9, "sdm_weight": 0.3}, "belong to different trainers"),
+    ({"sdm_wieght": 0.3}, "unknown semi_supervised setting(s) ['sdm_wieght']"),
+])
+def test_run_config_checks_keys_against_the_trainer_families(d, message):
+    with pytest.raises(StippleInputError) as e:
+        RunConfig.from_dict({"semi_supervised": d}, "/m/stipple_run.json")
+    assert str(e.value).startswith("/m/stipple_run.json: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("d", [{"sdm_weight": 0.5, "unlabeled_batch_ratio": 2}, {"semi_start": 0.0},
+                               {"adversarial_weight": 0.1}, {"ema_decay": 0.9}])
+def test_run_config_accepts_each_family(d):
+    assert RunConfig.from_dict({"semi_supervised": d}).semi_supervised == d
+
+
+def test_a_trainer_refuses_another_familys_keys():
+    from nnunet_stipple.semi_supervised.settings import AdversarialConfidenceSettings, SASSNetSettings
+    with pytest.raises(StippleInputError, match=r"unknown semi_supervised setting\(s\) \['ema_decay'\]"):
+        SASSNetSettings.from_dict({"ema_decay": 0.9}, "f")
+    with pytest.raises(StippleInputError, match=r"\['sdm_weight'\] for this trainer"):
+        AdversarialConfidenceSettings.from_dict({"sdm_weight": 0.3}, "f")

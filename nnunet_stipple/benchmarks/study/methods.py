@@ -27,7 +27,10 @@ class Method:
     semi_supervised: bool = False
     # seconds per iteration relative to plain nnU-Net, for the study's time estimate (a rough count: a forward pass
     # costs about a third of a training step per patch; mean teacher trains on B labeled + B unlabeled patches and
-    # runs the teacher once on B: 7/3, UA-MT also 8 dropout passes: 15/3); `cost` measures plain and STIPPLE only
+    # runs the teacher once on B: 7/3, UA-MT also 8 dropout passes: 15/3; SASSNet and adversarial confidence train
+    # the U-Net on 2B patches (2) plus a discriminator's forward/backward passes on them (about 0.5) and, SASSNet, the
+    # labels' distance maps on the CPU, adversarial confidence a second discriminator pass on B (about 0.5): 3 each,
+    # unmeasured); `cost` measures plain and STIPPLE only
     relative_cost: float = 1.0
     # trained by a study run without --methods: the paper's Table 2 (the evidence study); Table 3's competitors are
     # asked for by name, so adding one does not put new trainings in front of an existing study's missing rows
@@ -50,6 +53,10 @@ METHOD_TABLE: Tuple[Method, ...] = (
            semi_supervised=True, relative_cost=7 / 3, in_default_study=False),
     Method("ua_mt", "nnUNetTrainer_UAMT", "UA-MT (consistency)", table_row=5, uses_prior=False,
            semi_supervised=True, relative_cost=15 / 3, in_default_study=False),
+    Method("sassnet", "nnUNetTrainer_SASSNet", "SASSNet (shape-aware)", table_row=6, uses_prior=False,
+           semi_supervised=True, relative_cost=3.0, in_default_study=False),
+    Method("adversarial", "nnUNetTrainer_AdversarialConfidence", "Adversarial (confidence)", table_row=7,
+           uses_prior=False, semi_supervised=True, relative_cost=3.0, in_default_study=False),
 )
 _METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
 METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer

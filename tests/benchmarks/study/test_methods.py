@@ -22,12 +22,12 @@ def test_method_entry_matches_its_trainer(entry):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunet_stipple.pseudo_labeling.loop import PseudoLabelLoopMixin
     from nnunet_stipple.trainers import STIPPLETrainer
-    from nnunet_stipple.trainers.teacher_student import TeacherStudentMixin
+    from nnunet_stipple.trainers.semi_supervised_base import UnlabeledTrainingMixin
     trainer = _trainer_class(entry.trainer)
     assert trainer is not None and issubclass(trainer, nnUNetTrainer), entry.trainer
     assert issubclass(trainer, STIPPLETrainer) == entry.uses_prior
     assert issubclass(trainer, PseudoLabelLoopMixin) == entry.relabels
-    assert issubclass(trainer, TeacherStudentMixin) == entry.semi_supervised
+    assert issubclass(trainer, UnlabeledTrainingMixin) == entry.semi_supervised
     assert entry.relative_cost >= 1
     if entry.relabels:      # the counterpart is the same method without relabeling
         assert entry.relabel_counterpart in METHODS
@@ -42,7 +42,7 @@ def test_method_table_names_labels_and_rows_are_unique():
     assert sorted(m.table_row for m in METHOD_TABLE) == list(range(len(METHOD_TABLE)))
     assert METHODS == {m.name: m.trainer for m in METHOD_TABLE}
     assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple",   # the paper's Table 2
-                            "mean_teacher", "ua_mt")                                # then its Table 3
+                            "mean_teacher", "ua_mt", "sassnet", "adversarial")      # then its Table 3
 
 
 def test_a_study_without_methods_trains_table_2_only():

@@ -12,7 +12,7 @@ def test_plan_runs_trainers_folders_and_skips(tmp_path):
     specs = plan_runs([100, 10], list(METHODS), [5], has_unlabeled=False)
     ids = {s.run_id: s for s in specs}
     assert set(ids) == {f"{a}/{m}" for a in (100, 10) for m in ("plain", "stipple_norelab", "plain_relabel", "stipple",
-                                                                "mean_teacher", "ua_mt")}
+                                                                "mean_teacher", "ua_mt", "sassnet", "adversarial")}
     assert ids["10/plain"].trainer == "nnUNetTrainer_LabelProportion"
     assert ids["10/plain_relabel"].trainer == "nnUNetTrainer_PseudoLabel"
     assert ids["10/stipple_norelab"].trainer == "STIPPLETrainer"
@@ -23,7 +23,9 @@ def test_plan_runs_trainers_folders_and_skips(tmp_path):
     assert not ids["10/stipple"].skipped and not ids["100/plain"].skipped
     assert ids["10/stipple"].folder(tmp_path) == tmp_path / "runs" / "10" / "stipple"
     # semi-supervised methods at 100 % without imagesUnlabeled: nothing to learn from, nothing stands for them
-    for m in ("mean_teacher", "ua_mt"):
+    assert ids["10/sassnet"].trainer == "nnUNetTrainer_SASSNet"
+    assert ids["10/adversarial"].trainer == "nnUNetTrainer_AdversarialConfidence"
+    for m in ("mean_teacher", "ua_mt", "sassnet", "adversarial"):
         assert ids[f"100/{m}"].skipped == SKIPPED_NOTHING_UNLABELED and ids[f"100/{m}"].same_as is None
         assert not ids[f"10/{m}"].skipped                   # alpha < 100 %: the hidden training cases are unlabeled
     # with imagesUnlabeled there is something to relabel, and unlabeled patches, at 100 %
@@ -64,13 +66,13 @@ def test_run_config_contents():
 
 def test_trainings_count():
     specs = plan_runs([100, 70, 10], list(METHODS))
-    # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 2;
-    # 10: 2 + 2 x (1 + 1) + 2
-    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 2) + (2 + 4 + 2)
+    # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 4
+    # semi-supervised; 10: 2 + 2 x (1 + 1) + 4
+    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 4) + (2 + 4 + 4)
     # in a study the counterparts are trained too: their models are the relabeling runs' round 0
     est = estimate(specs, [0, 1], PROFILES["cpu-small"], "cpu",
                       {"patch_size": [32, 64, 64], "batch_size": 2, "median_image_size_in_voxels": [40, 90, 90]})
-    assert est["trainings"] == 2 * (2 + (2 + 4 + 2) + (2 + 2 + 2)) and est["seconds"] > 0
+    assert est["trainings"] == 2 * (2 + (2 + 4 + 4) + (2 + 2 + 4)) and est["seconds"] > 0
     alone = [s for s in specs if s.run_id == "10/stipple"]
     assert estimate(alone, [0], PROFILES["cpu-small"], "cpu")["trainings"] == 2
     # the teacher's passes make an iteration of the semi-supervised methods dearer than plain nnU-Net's
@@ -83,10 +85,12 @@ def test_trainings_count():
 def test_work_order_priority_alphas_then_folds_then_table_rows():
     specs = plan_runs([100, 30, 10], list(METHODS))
     order = [(s.run_id, f) for s, f in work_order(specs, [0, 1], alpha_priority=(10, 100))]
-    rows = ["plain", "stipple_norelab", "plain_relabel", "stipple", "mean_teacher", "ua_mt"]   # Tables 2, then 3
-    assert order[:12] == [(f"10/{m}", f) for f in (0, 1) for m in rows]
-    assert order[12:16] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
-                            ("100/stipple_norelab", 1)]                 # skipped runs are not trained
-    assert [a for a, _ in order[16:]] == [f"30/{m}" for m in rows] * 2
+    rows = ["plain", "stipple_norelab", "plain_relabel", "stipple", "mean_teacher", "ua_mt", "sassnet",
+            "adversarial"]                                              # Tables 2, then 3
+    n = len(rows)
+    assert order[:2 * n] == [(f"10/{m}", f) for f in (0, 1) for m in rows]
+    assert order[2 * n:2 * n + 4] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),
+                                      ("100/stipple_norelab", 1)]       # skipped runs are not trained
+    assert [a for a, _ in order[2 * n + 4:]] == [f"30/{m}" for m in rows] * 2
     # no priority: decreasing alpha
     assert [s.alpha for s, _ in work_order(specs, [0])][0] == 100

@@ -16,7 +16,7 @@ from nnunet_stipple.errors import StippleInputError
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"methods": ["plain", "mean_teacher_v2"]}, "valid methods: plain, plain_relabel, stipple_norelab, stipple, "
-                                                "mean_teacher, ua_mt"),
+                                                "mean_teacher, ua_mt, sassnet, adversarial"),
     ({"profile": "gpu-huge"}, "valid profiles: paper, cpu-small"),
     ({"alphas": [100, 0]}, r"outside \(0, 100\]"),
     ({"alphas": [150]}, r"outside \(0, 100\]"),

@@ -4,6 +4,7 @@ nnUNetv2_predict, which turns the per-class sigmoids into a segmentation through
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_inerrant_trains_on_partial_labels_and_predicts_with_nnunet(tmp_path):
     raw, pre, results = tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results"
     dataset = derive_partial_dataset(source, raw, 997, "PartialPhantom", ["spleen", "pancreas"], cases, 0.6, seed=0)
     pre.mkdir()
-    env = training_env({"env": {**__import__("os").environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
+    env = training_env({"env": {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
                                 "nnUNet_results": str(results)}}, results)
     _run([venv_script("nnUNetv2_plan_and_preprocess"), "-d", "997", "-c", "2d", "-np", "1"], env)
 

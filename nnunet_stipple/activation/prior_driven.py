@@ -44,3 +44,13 @@ def prior_driven_softmax(logits: torch.Tensor, class_probs: torch.Tensor, dim: i
 
 def prior_driven_sigmoid(logits: torch.Tensor, region_probs: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.float() + sigmoid_offset(region_probs))
+
+
+def class_sigmoid_offsets(class_probs: torch.Tensor, floor: float, channel_dim: int = 1) -> torch.Tensor:
+    """Offsets for a network with one sigmoid per class behind a fixed background logit (the INERRANT trainers,
+    :mod:`nnunet_stipple.partial_labels.network`): 0 on channel 0 (it must stay the fixed 0 logit that makes
+    nnU-Net's argmax the "highest sigmoid, background below 0.5" rule), Eq. 3's ln p_k - ln(1 - p_k) on class k,
+    with p_k the class's prior clipped to [floor, 1 - floor]."""
+    num = class_probs.shape[channel_dim]
+    off = sigmoid_offset(region_probabilities(class_probs, list(range(1, num)), floor, channel_dim))
+    return torch.cat([torch.zeros_like(off.narrow(channel_dim, 0, 1)), off], channel_dim)

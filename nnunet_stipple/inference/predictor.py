@@ -28,7 +28,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import empty_cache
 from torch._dynamo import OptimizedModule
 
-from nnunet_stipple.activation.prior_driven import region_probabilities, sigmoid_offset
+from nnunet_stipple.activation.prior_driven import class_sigmoid_offsets, region_probabilities, sigmoid_offset
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.positioning.layout import layout_line
@@ -41,6 +41,8 @@ from nnunet_stipple.priors.spatial_prior import DEFAULT_FLOOR, SpatialPrior, che
 from nnunet_stipple.tensors import one_thread_on_cpu
 
 POSITIONING_FOLDER = "stipple_positioning"
+# key of the stored trainer settings: one sigmoid per class behind a fixed background logit (the INERRANT trainers)
+CLASS_SIGMOID_KEY = "class_sigmoid"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class FoldPrior:
     prior: SpatialPrior
     floor: float
     positioning: PositioningSettings
+    class_sigmoid: bool = False    # per-class sigmoid outputs (STIPPLETrainer_INERRANT): Eq. 3 offsets per class
 
 
 class STIPPLEPredictor(nnUNetPredictor):
@@ -124,7 +127,8 @@ class STIPPLEPredictor(nnUNetPredictor):
             check_floor(floor)
             positioning = stored_positioning_settings(stored, source).with_overrides(
                 self.positioning_overrides, "positioning_overrides")
-            self._fold_priors[key] = FoldPrior(prior, floor, positioning)
+            self._fold_priors[key] = FoldPrior(prior, floor, positioning,
+                                               bool(stored.get(CLASS_SIGMOID_KEY, False)))
         return self._fold_priors[key]
 
     # ---- prediction ---------------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ class STIPPLEPredictor(nnUNetPredictor):
             known = {int(c): centre for c, centre in self.ground_truth_centres[case].items()}
             return place_at_centres(fold.prior, known, "ground_truth")
         driven = None
-        if self.label_manager.has_regions:
+        if self.label_manager.has_regions or fold.class_sigmoid:
             # sigmoid outputs: the prior-driven prediction needs the logits (the default of place_prior is
             # the prior-driven softmax)
             def driven(centres):
@@ -246,6 +250,9 @@ class STIPPLEPredictor(nnUNetPredictor):
         return torch.stack([seg == c for c in range(num)]).float()
 
     def _offsets_from_centres(self, fold: FoldPrior, shape, centres, device) -> torch.Tensor:
+        if fold.class_sigmoid:   # 0 on the fixed background logit, Eq. 3 on each class
+            p = fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
+            return class_sigmoid_offsets(p, fold.floor, channel_dim=0)
         if not self.label_manager.has_regions:    # softmax_offset(p) = ln p
             return fold.prior.log_probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)
         p = fold.prior.probabilities_on_grid(tuple(shape), centres, fold.floor, device=device)

@@ -209,16 +209,20 @@ class STIPPLETrainer(LabelProportionMixin, nnUNetTrainer):
         for t in targets:
             size = tuple(t.shape[2:])
             pt = p if tuple(p.shape[2:]) == size else F.interpolate(p, size=size, mode='area')
-            if self.label_manager.has_regions:
-                off = sigmoid_offset(region_probabilities(pt, self.label_manager.foreground_regions, self.stipple_floor))
-                if uniform.any():  # a uniform prior means no offset for a sigmoid either
-                    u = uniform.float().unsqueeze(1)
-                    u = u if tuple(u.shape[2:]) == size else F.interpolate(u, size=size, mode='area')
-                    off = off * (u < 0.5)
-                offsets.append(off)
-            else:
-                offsets.append(softmax_offset(pt))
+            offsets.append(self.output_offset(pt, uniform, size, batch))
         return offsets
+
+    def output_offset(self, pt: torch.Tensor, uniform: torch.Tensor, size, batch: dict) -> torch.Tensor:
+        """The logit offset of one output resolution from the class prior ``pt`` (B, 1 + K, *size) and the
+        full-resolution map of voxels with a uniform prior (subclasses with other outputs override this)."""
+        if self.label_manager.has_regions:
+            off = sigmoid_offset(region_probabilities(pt, self.label_manager.foreground_regions, self.stipple_floor))
+            if uniform.any():  # a uniform prior means no offset for a sigmoid either
+                u = uniform.float().unsqueeze(1)
+                u = u if tuple(u.shape[2:]) == size else F.interpolate(u, size=size, mode='area')
+                off = off * (u < 0.5)
+            return off
+        return softmax_offset(pt)
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------
     def on_train_start(self):

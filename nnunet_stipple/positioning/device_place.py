@@ -79,7 +79,8 @@ def position_on_device(prior: SpatialPrior, source, settings: PositioningSetting
     if start_centres is None:
         found = [c for c in prior.built_classes if c < len(counts) and counts[c] > 0]
         placement.joint, start_centres = coarse_start_centres(
-            prior, settings, found, lambda: joint_displacement_on_device(prior, source, found), component_centre)
+            prior, settings, found, lambda: joint_displacement_on_device(prior, source, found), component_centre,
+            {c: counts[c] for c in found})
         placement.components = layout_input(settings, found, component_centre)
     for c in prior.built_classes:
         n = counts[c] if c < len(counts) else 0

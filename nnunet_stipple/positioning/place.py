@@ -6,8 +6,8 @@
   template (:mod:`.kl_search`), searched exhaustively. The coarse centres come either from one joint
   search over a common displacement of all found organs (``coarse_placement="joint"``, the default;
   :mod:`.joint_search`) or, as in the paper, from each organ's largest predicted connected component
-  (``coarse_placement="components"``), or from both (``"hybrid"``: an organ's component where it agrees with
-  the joint layout, the joint start elsewhere; :func:`coarse_start_centres`).
+  (``coarse_placement="components"``), or from both (``"hybrid"``: an organ's component where the components
+  agree with each other, the joint start for the organs whose component does not; :func:`coarse_start_centres`).
 
 The settings are a :class:`~nnunet_stipple.positioning.settings.PositioningSettings`; the whole
 procedure around one placement (re-positioning, uniform fallback, report) is :mod:`.procedure`.
@@ -150,7 +150,7 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
         component_centre = memoized(
             lambda c: _largest_component_centre(argmax[boxes[c - 1]] == c) + np.array([s.start for s in boxes[c - 1]]))
         placement.joint, start_centres = coarse_start_centres(
-            prior, settings, found, lambda: joint_displacement(prior, probs, found), component_centre)
+            prior, settings, found, lambda: joint_displacement(prior, probs, found), component_centre, counts)
         placement.components = layout_input(settings, found, component_centre)
     for c in prior.built_classes:
         n = counts[c]
@@ -170,28 +170,51 @@ def position_from_probabilities(prior: SpatialPrior, probabilities: np.ndarray,
 
 
 def coarse_start_centres(prior: SpatialPrior, settings: PositioningSettings, found: Sequence[int],
-                         joint_search: Callable[[], JointDisplacement],
-                         component_centre: Callable[[int], np.ndarray]) -> Tuple[Optional[dict], Dict[int, list]]:
+                         joint_search: Callable[[], JointDisplacement], component_centre: Callable[[int], np.ndarray],
+                         counts: Optional[Dict[int, int]] = None) -> Tuple[Optional[dict], Dict[int, list]]:
     """Where the KL search of each class the first prediction ``found`` starts, by ``settings.coarse_placement``
     (module docstring), and the joint search's report (None if it did not run). ``joint_search()`` runs the
-    joint search, ``component_centre(c)`` gives the centre of class c's largest predicted component.
+    joint search, ``component_centre(c)`` gives the centre of class c's largest predicted component, ``counts``
+    the predicted voxels per class (the tie-break of the vote below).
 
-    ``"hybrid"`` takes a class's component where it agrees with the joint layout (within
-    ``settings.anatomy_tolerance_mm`` of the joint start; 0: always) and the joint start elsewhere: a good
-    first prediction places each organ where it is (organs move by 25-35 mm relative to each other between
-    scans, more than the joint layout can follow), a weak one's stray components (100-300 mm off) are not used."""
+    ``"hybrid"``: each organ's component, where the components agree with each other (the anatomical
+    consistency vote of :func:`agreeing_classes` on the components, ``settings.anatomy_tolerance_mm``); an
+    organ whose component disagrees starts from the joint layout instead (the joint search runs only then). A
+    good first prediction places each organ where it is (organs move by 25-35 mm relative to each other
+    between scans, more than one common displacement of the mean layout can follow); a weak one's stray
+    components (100-300 mm off) are replaced by the layout of all organs."""
     coarse = settings.coarse_placement
-    if coarse == "components":
-        return None, {c: np.asarray(component_centre(c), dtype=np.float64).tolist() for c in found}
-    joint, starts = joint_start(prior, found, joint_search)
-    if coarse == "hybrid":
-        spacing = np.asarray(prior.spacing, dtype=np.float64)
-        tolerance = settings.anatomy_tolerance_mm
-        for c in found:
-            component = np.asarray(component_centre(c), dtype=np.float64)
-            if not tolerance or np.linalg.norm((component - starts[c]) * spacing) <= tolerance:
-                starts[c] = component.tolist()
+    if coarse == "joint":
+        return joint_start(prior, found, joint_search)
+    starts = {c: np.asarray(component_centre(c), dtype=np.float64).tolist() for c in found}
+    if coarse == "components" or not settings.anatomy_tolerance_mm or len(found) < 2:
+        return None, starts
+    spacing = np.asarray(prior.spacing, dtype=np.float64)
+    displacements = {c: (np.asarray(starts[c]) - prior.mean_centres[c]) * spacing for c in found}
+    accepted = agreeing_classes(displacements, counts or {}, settings.anatomy_tolerance_mm)
+    rejected = [c for c in found if c not in accepted]
+    if not rejected:
+        return None, starts
+    joint, joint_starts = joint_start(prior, found, joint_search)
+    starts.update({c: joint_starts[c] for c in rejected})
     return joint, starts
+
+
+def agreeing_classes(displacements: Dict[int, np.ndarray], weights: Dict[int, int], tolerance_mm: float) -> set:
+    """The classes agreeing with the displacement (mm) most classes agree with: every class's own displacement is
+    a hypothesis; the one within ``tolerance_mm`` of the most classes wins (ties: the largest summed
+    ``weights``, predicted voxels)."""
+    classes = list(displacements)
+
+    def agreeing(hypothesis):
+        return [c for c in classes if np.linalg.norm(displacements[c] - hypothesis) <= tolerance_mm]
+
+    def support(anchor):
+        agree = agreeing(displacements[anchor])
+        return len(agree), sum(weights.get(c, 0) for c in agree)
+
+    anchor = max(classes, key=support)
+    return set(agreeing(displacements[anchor]))   # holds the anchor itself
 
 
 def memoized(component_centre: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
@@ -245,16 +268,7 @@ def _reject_inconsistent(prior: SpatialPrior, placement: Placement, tolerance_mm
         return
     spacing = np.asarray(prior.spacing, dtype=np.float64)
     disp = {c: (np.asarray(placement.classes[c].centre) - prior.mean_centres[c]) * spacing for c in placed}
-
-    def agreeing(hypothesis):
-        return [c for c in placed if np.linalg.norm(disp[c] - hypothesis) <= tolerance_mm]
-
-    def support(anchor):
-        agree = agreeing(disp[anchor])
-        return len(agree), sum(placement.classes[c].predicted_voxels for c in agree)
-
-    anchor = max(placed, key=support)
-    accepted = set(agreeing(disp[anchor]))  # holds the anchor itself
+    accepted = agreeing_classes(disp, {c: placement.classes[c].predicted_voxels for c in placed}, tolerance_mm)
     for c in placed:
         if c not in accepted:
             p = placement.classes[c]

@@ -37,8 +37,8 @@ DESCRIPTIONS = {
     "coarse_placement": "where each organ's KL search starts: 'joint' searches one displacement of all "
                         "organs' mean training centres that best explains the first prediction; "
                         "'components' starts from each organ's largest predicted component; 'hybrid' takes the "
-                        "component where it lies within anatomy_tolerance_mm of the joint start, the joint start "
-                        "elsewhere",
+                        "components that agree with each other (anatomy_tolerance_mm) and the joint start for "
+                        "the others",
     "layout_guard": "what a case whose first prediction holds another organ layout than the prior's (mirrored, "
                     "flipped, irreconcilable placements) gets: 'fallback' flags it and predicts without the prior "
                     "(plain nnU-Net output), 'flag' only flags it, 'off' does not check",

@@ -107,8 +107,8 @@ def _organs_moved_apart(extra: int):
 # (coarse placement, anatomy tolerance mm, first prediction, whose start class 2's search uses: "component" of the
 # first prediction or "joint" start)
 HYBRID_CASES = [
-    ("hybrid", 10.0, "moved apart", "component"),     # 4 slices from the joint start: within tolerance
-    ("hybrid", 3.0, "moved apart", "joint"),          # beyond a 3 mm tolerance
+    ("hybrid", 10.0, "moved apart", "component"),     # the components' displacements 4 mm apart: they agree
+    ("hybrid", 3.0, "moved apart", "joint"),          # beyond a 3 mm tolerance: the larger organ 1 wins the vote
     ("hybrid", 10.0, "far false positive", "joint"),  # the blob is 30 slices away
     ("hybrid", 0.0, "far false positive", "component"),   # tolerance 0: components always
     ("joint", 10.0, "moved apart", "joint"),
@@ -117,7 +117,7 @@ HYBRID_CASES = [
 
 
 @pytest.mark.parametrize("coarse, tolerance_mm, volume, expected_start", HYBRID_CASES)
-def test_hybrid_takes_components_that_agree_with_the_joint_layout(coarse, tolerance_mm, volume, expected_start):
+def test_hybrid_takes_the_components_that_agree_with_each_other(coarse, tolerance_mm, volume, expected_start):
     prior = _prior([_label(), _label()])
     first = _organs_moved_apart(4) if volume == "moved apart" else _with_far_false_positive()[1]
     # radius 0: each class stays at its start, so the start is what the placement shows
@@ -131,7 +131,8 @@ def test_hybrid_takes_components_that_agree_with_the_joint_layout(coarse, tolera
         joint_start = np.asarray(prior.mean_centres[2]) + placement.joint["displacement"]
         assert placement.classes[2].coarse_centre == pytest.approx(joint_start.tolist())
         assert np.abs(np.asarray(component[2]) - joint_start).max() >= 3
-    assert (placement.joint is None) == (coarse == "components")
+    # the joint search runs for the joint start, and for the hybrid one only when a component disagrees
+    assert (placement.joint is None) == (expected_start == "component")
 
 
 def test_classes_without_predicted_voxels_are_placed_from_the_others():

@@ -59,7 +59,7 @@ class PositioningSettings:
     search_radius_mm: float = 20.0
     repositioning_steps: int = 1
     anatomy_tolerance_mm: float = 60.0
-    coarse_placement: str = "joint"
+    coarse_placement: str = "hybrid"
     layout_guard: str = "fallback"
 
     def __post_init__(self):

@@ -103,7 +103,7 @@ def test_cli_probabilities_to_file(tmp_path, capsys):
     written = json.loads(out.read_text())
     assert written["centres"]["2"] == [12.5, 10.0, 10.0]
     assert written["settings"] == {"search_radius_mm": 4.0, "repositioning_steps": 0, "anatomy_tolerance_mm": 30.0,
-                                   "coarse_placement": "joint"}
+                                   "coarse_placement": "hybrid", "layout_guard": "fallback"}
     assert written["repositioning_steps"] == 0 and written["floor"] == 1e-3
 
 

@@ -50,7 +50,7 @@ def test_other_failures_are_not_retried(error):
 def test_offsets_are_made_on_the_device_of_the_logits(device):
     prior = _prior([_label(), _label()])
     logits = torch.from_numpy(_onehot(_label(shift=2)) * 5).to(device)
-    offsets, report = label_predictor().prior_offsets(FoldPrior(prior, 1e-3, PositioningSettings(search_radius_mm=5)),
+    offsets, report = label_predictor().prior_offsets(FoldPrior(prior, 1e-3, PositioningSettings(search_radius_mm=5, coarse_placement="joint")),
                                                       logits, "case")
     assert offsets.device == logits.device and report["joint"]["displacement"] == [2, 0, 0]
     expected = np.log(prior.probabilities_on_grid(logits.shape[1:], {int(c): v for c, v in report["centres"].items()}))
@@ -67,7 +67,7 @@ def test_models_with_regions_are_positioned_from_their_own_prior_driven_segmenta
     label = _label(shift=3)
     logits = torch.from_numpy(np.stack([np.where(label > 0, 6.0, -6.0), np.where(label == 2, 6.0, -6.0)])
                               .astype(np.float32))
-    settings = PositioningSettings(search_radius_mm=5, repositioning_steps=2)
+    settings = PositioningSettings(search_radius_mm=5, repositioning_steps=2, coarse_placement="joint")
     offsets, report = predictor.prior_offsets(FoldPrior(prior, 1e-3, settings), logits, "case")
     assert report["method"] == "kl_search" and report["joint"]["displacement"] == [3, 0, 0]
     assert offsets.shape == logits.shape and torch.isfinite(offsets).all()

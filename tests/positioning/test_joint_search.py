@@ -139,7 +139,8 @@ def test_classes_without_predicted_voxels_are_placed_from_the_others():
     prior = _prior([_label(), _label()])
     target = _label(shift=4)
     target[target == 2] = 0
-    placement = position_from_probabilities(prior, _onehot(target), PositioningSettings(search_radius_mm=10))
+    placement = position_from_probabilities(prior, _onehot(target), PositioningSettings(search_radius_mm=10,
+                                                                                     coarse_placement="joint"))
     assert placement.joint["classes"] == [1]
     assert placement.classes[1].method == "kl" and placement.classes[2].method == "relative"
     assert placement.centres[2] == pytest.approx(list(np.asarray(prior.mean_centres[2]) + [4, 0, 0]))
@@ -153,8 +154,12 @@ def test_unknown_coarse_method_is_refused():
 def test_position_prior_reports_the_joint_displacement():
     prior = _prior([_label(), _label()])
     probabilities = _onehot(_label(shift=5)).astype(np.float32)
-    out = position_prior(prior, probabilities=probabilities, settings=PositioningSettings(search_radius_mm=5))
+    out = position_prior(prior, probabilities=probabilities,
+                         settings=PositioningSettings(search_radius_mm=5, coarse_placement="joint"))
     assert out["settings"]["coarse_placement"] == "joint" and out["joint"]["displacement"] == [5, 0, 0]
+    # the default start (hybrid): the components agree, so the joint search does not run
+    out = position_prior(prior, probabilities=probabilities, settings=PositioningSettings(search_radius_mm=5))
+    assert out["settings"]["coarse_placement"] == "hybrid" and out["joint"] is None
     out = position_prior(prior, probabilities=probabilities,
                          settings=PositioningSettings(search_radius_mm=5, coarse_placement="components"))
     assert out["settings"]["coarse_placement"] == "components" and out["joint"] is None

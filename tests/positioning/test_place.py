@@ -71,7 +71,7 @@ def label_predictor():
 
 def test_predictor_offsets_are_finite_and_fallback_is_uniform():
     from nnunet_stipple.inference.predictor import FoldPrior
-    prior = FoldPrior(_prior([_label(), _label()]), 1e-3, PositioningSettings(search_radius_mm=5.0))
+    prior = FoldPrior(_prior([_label(), _label()]), 1e-3, PositioningSettings(search_radius_mm=5.0, coarse_placement="joint"))
     predictor = label_predictor()
     logits = torch.from_numpy(_onehot(_label(shift=2)) * 5)
     offsets, report = predictor.prior_offsets(prior, logits, "case")

@@ -12,7 +12,7 @@ from nnunet_stipple.positioning.settings import PositioningSettings, add_positio
 
 def test_defaults():
     assert PositioningSettings().to_json() == {"search_radius_mm": 20.0, "repositioning_steps": 1,
-                                               "anatomy_tolerance_mm": 60.0, "coarse_placement": "joint",
+                                               "anatomy_tolerance_mm": 60.0, "coarse_placement": "hybrid",
                                                "layout_guard": "fallback"}
 
 
@@ -88,10 +88,11 @@ def test_overrides_replace_only_what_they_name():
 def test_checkpoint_layouts():
     """Trainers store the settings under "positioning"; older checkpoints held them at the top level of the
     trainer's settings (next to keys that are not positioning settings), or not at all."""
-    new = {"trainer": "STIPPLETrainer", "floor": 1e-3, "positioning": {"search_radius_mm": 10.0}}
+    new = {"trainer": "STIPPLETrainer", "floor": 1e-3, "positioning": {"search_radius_mm": 10.0, "coarse_placement": "joint"}}
     old = {"trainer": "STIPPLETrainer", "floor": 1e-3, "search_radius_mm": 10.0, "coarse_placement": "joint"}
     assert stored_positioning_settings(new, "ckpt") == stored_positioning_settings(old, "ckpt") == \
-        PositioningSettings(search_radius_mm=10.0)
+        PositioningSettings(search_radius_mm=10.0, coarse_placement="joint")
+    # a setting a checkpoint does not hold gets today's default
     assert stored_positioning_settings({"trainer": "STIPPLETrainer"}, "ckpt") == PositioningSettings()
     with pytest.raises(StippleInputError, match="^ckpt: unknown positioning setting"):
         stored_positioning_settings({"positioning": {"radius": 1}}, "ckpt")

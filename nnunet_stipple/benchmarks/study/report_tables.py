@@ -81,8 +81,8 @@ def study_table_md(study: dict, aggregates: List[dict], ttests: List[dict], metr
               + (" (± std over cases where only one fold finished)" if any_case_std else "")
               + "; **bold**: best of the column; n/a: not finished; [k/n folds]: only k of n folds finished so far.",
               f"-: not trained at α = 100 % without imagesUnlabeled (nothing unlabeled): a relabeling method is "
-              f"the {SKIPPED_SAME}, as in the paper; a semi-supervised one (mean teacher, UA-MT) has nothing to "
-              f"learn from.", ""]
+              f"the {SKIPPED_SAME}, as in the paper; a semi-supervised one (mean teacher, UA-MT, SASSNet, "
+              f"adversarial confidence) has nothing to learn from.", ""]
     if ttests:
         lines += ["## Paired tests over validation cases, per α: p-values of the t-test (scipy.stats.ttest_rel) / "
                   "the Wilcoxon signed-rank test (scipy.stats.wilcoxon)", ""]

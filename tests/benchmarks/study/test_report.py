@@ -48,10 +48,10 @@ def test_report_on_fake_study(fake_dataset):
     assert plain_row.split(" | ")[2].rstrip(" |") == cell
     relab_row = next(l for l in table.splitlines() if l.startswith("| Baseline w relab |"))
     assert relab_row.split(" | ")[1] == "-"                      # alpha = 100 %: nothing to relabel
-    for label in ("Mean teacher", "UA-MT (consistency)"):      # Table 3's rows after Table 2's
+    for label in ("Mean teacher", "UA-MT (consistency)", "SASSNet (shape-aware)", "Adversarial (confidence)"):
         row = next(l for l in table.splitlines() if l.startswith(f"| {label} |"))
         assert row.split(" | ")[1] == "-" and row.split(" | ")[2].rstrip(" |") not in ("", "-")
-    assert "a semi-supervised one (mean teacher, UA-MT) has nothing to learn from" in table
+    assert "a semi-supervised one (mean teacher, UA-MT, SASSNet, adversarial confidence) has nothing to learn from" in table
     stipple_row = next(l for l in table.splitlines() if l.startswith("| STIPPLE |"))
     assert stipple_row.split(" | ")[2].startswith("**")         # best of the 10 % column (perfect predictions)
     # paired t-test against scipy directly
@@ -74,9 +74,9 @@ def test_report_on_fake_study(fake_dataset):
     assert stip["dice"]["mean"] == pytest.approx(1.0) and stip["nsd"]["mean"] == pytest.approx(1.0)
     run = next(r for r in results["runs"] if r["run_id"] == "10/plain")
     assert run["folds_finished"] == [0, 1] and "nnunetv2" in run["versions"] and run["wall_seconds"]["0"] >= 0
-    # CSV: 8 trained runs (100 %: 2; 10 %: 6) x 4 cases x 2 classes
+    # CSV: 10 trained runs (100 %: 2; 10 %: the 4 of Table 2 and the 4 semi-supervised ones) x 4 cases x 2 classes
     rows = list(csv.DictReader(open(rep / "results.csv")))
-    assert len(rows) == 8 * 4 * 2
+    assert len(rows) == 10 * 4 * 2
     r = next(r for r in rows if r["run_id"] == "10/plain" and r["case"] == "case_b" and r["class_name"] == "liver")
     s = json.loads((study_dir / "runs/10/plain" / DS / "nnUNetTrainer_LabelProportion__nnUNetPlans__3d_fullres"
                     / "fold_0/validation/summary.json").read_text())
@@ -84,7 +84,7 @@ def test_report_on_fake_study(fake_dataset):
     assert float(r["dice"]) == pytest.approx(dice_b)
     assert (rep / "dice_vs_alpha.png").stat().st_size > 0
     assert (rep / "organs_alpha10.png").is_file() and (rep / "organs_alpha100.png").is_file()
-    assert res["report"]["finished"] == 16
+    assert res["report"]["finished"] == 20          # 10 runs x 2 folds
 
 
 def test_report_uses_nsd_cache_and_bins_plot(fake_dataset, monkeypatch):

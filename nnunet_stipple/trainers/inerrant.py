@@ -61,6 +61,22 @@ class PartialLabelsMixin:
     def resume_keys(self):
         return tuple(super().resume_keys()) + ("partial_labels",)
 
+    # ---- nnU-Net hooks: the declaration checked first, the partial-label loss fed with each batch's cases ----
+    def initialize(self):
+        _ = self.partial_labels   # a bad declaration stops the run here, before the network, prior or data exist
+        super().initialize()
+
+    def _build_loss(self):
+        return self._build_partial_loss(super()._build_loss())
+
+    def train_step(self, batch: dict) -> dict:
+        self._set_batch_annotation(batch)
+        return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        self._set_batch_annotation(batch)
+        return super().validation_step(batch)
+
     def _set_batch_annotation(self, batch: dict) -> None:
         mask = torch.from_numpy(self.partial_labels.annotation_mask([str(k) for k in batch['keys']]))
         self._partial_loss.set_annotation(mask.to(self.device))
@@ -107,21 +123,6 @@ class nnUNetTrainer_INERRANT(PartialLabelsMixin, LabelProportionMixin, nnUNetTra
                                                            num_input_channels, num_output_channels,
                                                            enable_deep_supervision)
         return fix_background_logit(network)
-
-    def initialize(self):
-        _ = self.partial_labels   # a bad declaration stops the run here, before the network or data are built
-        super().initialize()
-
-    def _build_loss(self):
-        return self._build_partial_loss(super()._build_loss())
-
-    def train_step(self, batch: dict) -> dict:
-        self._set_batch_annotation(batch)
-        return super().train_step(batch)
-
-    def validation_step(self, batch: dict) -> dict:
-        self._set_batch_annotation(batch)
-        return super().validation_step(batch)
 
     def on_train_start(self):
         super().on_train_start()

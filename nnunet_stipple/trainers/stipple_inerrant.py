@@ -41,21 +41,6 @@ class STIPPLETrainer_INERRANT(PartialLabelsMixin, STIPPLETrainer):
     def stipple_settings(self) -> dict:
         return {**super().stipple_settings(), CLASS_SIGMOID_KEY: True}
 
-    def initialize(self):
-        _ = self.partial_labels   # a bad declaration stops the run before the prior is built
-        super().initialize()
-
-    def _build_loss(self):
-        return self._build_partial_loss(super()._build_loss())
-
-    def train_step(self, batch: dict) -> dict:
-        self._set_batch_annotation(batch)
-        return super().train_step(batch)
-
-    def validation_step(self, batch: dict) -> dict:
-        self._set_batch_annotation(batch)
-        return super().validation_step(batch)
-
     def output_offset(self, pt: torch.Tensor, uniform: torch.Tensor, size, batch: dict) -> torch.Tensor:
         off = class_sigmoid_offsets(pt, self.stipple_floor)
         u = uniform.float().unsqueeze(1)

@@ -147,7 +147,8 @@ def test_stipple_predict_and_probabilities(trained, tmp_path, monkeypatch):
     for report in reports:
         fold_report = json.loads(report.read_text())["folds"][0]
         assert fold_report["settings"] == {"search_radius_mm": 7.0, "repositioning_steps": 1,
-                                           "anatomy_tolerance_mm": 60.0, "coarse_placement": "components"}
+                                           "anatomy_tolerance_mm": 60.0, "coarse_placement": "components",
+                                           "layout_guard": "fallback"}
         assert fold_report["floor"] == 1e-3
 
 

@@ -293,7 +293,7 @@ def check_input_intensities(data: torch.Tensor, case: Optional[str]) -> Optional
 
 def positioning_line(report: dict) -> str:
     """One readable line per predicted case: per fold, how the prior was placed, its confidence, the organs the
-    layout check rejected, and the seconds positioning took."""
+    consistency check rejected, a layout flag, and the seconds positioning took."""
     parts = []
     for fold in report["folds"]:
         classes = fold.get("classes", {})
@@ -303,7 +303,7 @@ def positioning_line(report: dict) -> str:
         parts.append(f"fold {fold.get('fold')}: {fold.get('method')}"
                      + (f", confidence {confidence:.2f}" if isinstance(confidence, (int, float)) else "")
                      + (f", {layout_line(layout)}" if layout and layout.get("status") == "flagged" else "")
-                     + (f", rejected by the layout check: {', '.join(rejected)}" if rejected else "")
+                     + (f", rejected by the consistency check: {', '.join(rejected)}" if rejected else "")
                      + (f", {fold['positioning_seconds']:.1f} s" if "positioning_seconds" in fold else ""))
     warning = f"; INPUT: {report['input_problem']}" if report.get("input_problem") else ""
     return f"STIPPLE positioning {report.get('case')}: " + "; ".join(parts) + warning
@@ -324,7 +324,7 @@ def positioning_summary(reports: List[dict]) -> str:
     suspicious = sum(bool(r.get("input_problem")) for r in reports)
     return (f"STIPPLE positioning: {len(reports)} cases, {len(folds)} placements, {fallbacks} with a uniform prior "
             f"(no organ found), mean confidence {np.mean(confidences) if confidences else float('nan'):.2f}, "
-            f"{rejected} organ placements rejected by the layout check, {seconds:.1f} s in all"
+            f"{rejected} organ placements rejected by the consistency check, {seconds:.1f} s in all"
             + (f"; {len(flagged)} cases flagged by the layout check ({', '.join(map(str, flagged))}), "
                f"{layout_fallbacks} placements left uniform for it" if flagged else "")
             + (f"; {suspicious} cases with a constant or non-finite image" if suspicious else ""))

@@ -12,7 +12,10 @@ For a layout T the fit is translation-only and robust to a few stray components:
 The typical misfit comes from the training labels themselves: the largest misfit of a training case's organ
 centres to the mean layout, ``typical_mm`` (stored with the prior). A case is flagged (``different_layout``)
 when its misfit as trained exceeds ``typical_mm`` and a mirrored layout fits it at least twice as well
-(:data:`MIRRORED_FIT_RATIO`).
+(:data:`MIRRORED_FIT_RATIO`) *and* as well as the training cases fit theirs (misfit at most ``typical_mm``).
+The last condition keeps a scattered first prediction (a weakly trained model's stray organ centres, which fit
+no layout) from being taken for a mirrored one by chance: such a case is noted (``notes: ["loose_fit"]``),
+placed as usual, and the consistency check deals with its strays.
 
 Placements that cannot be reconciled (the anatomical consistency check rejected more of the placed organs than
 it kept) are noted (``notes: ["irreconcilable"]``) but not flagged: on BTCV that happened to a typical case
@@ -81,9 +84,11 @@ def assess_layout(prior: SpatialPrior, component_centres: Mapping[int, Sequence[
         best = min(misfit, key=misfit.get)
         report.update(misfit_mm=misfit, typical_mm=typical, best=best, status="typical")
         mirrored_best = min((v for k, v in misfit.items() if k != AS_TRAINED))
-        if (typical is not None and misfit[AS_TRAINED] > typical
-                and mirrored_best <= MIRRORED_FIT_RATIO * misfit[AS_TRAINED]):
-            reasons.append("different_layout")
+        if typical is not None and misfit[AS_TRAINED] > typical:
+            if mirrored_best <= min(MIRRORED_FIT_RATIO * misfit[AS_TRAINED], typical):
+                reasons.append("different_layout")
+            else:
+                report["notes"].append("loose_fit")
     if reasons:
         report.update(status="flagged", reasons=reasons)
     return report

@@ -84,6 +84,25 @@ def test_a_typical_case_is_placed_and_reports_its_layout(phantom_prior, place):
     assert layout["misfit_mm"][AS_TRAINED] <= layout["typical_mm"]
 
 
+def _scattered(label, stretch=1.6):
+    """The centres of a case mirrored left-right, spread away from their mean by ``stretch``: a first prediction
+    whose stray centres fit the mirrored layout better than the usual one, yet far worse than any training case
+    fits its own (what a weakly trained model can produce)."""
+    centres = centres_from_label(label[:, :, ::-1].copy(), sorted(NAMES))
+    mean = np.mean([c for c in centres.values()], axis=0)
+    return {k: list(mean + (np.asarray(c) - mean) * stretch) for k, c in centres.items()}
+
+
+@pytest.mark.parametrize("index", [20, 21, 22, 23])
+def test_a_scattered_prediction_is_noted_not_taken_for_a_mirrored_layout(phantom_prior, index):
+    report = assess_layout(phantom_prior, _scattered(make_phantom_case(index)[1]))
+    misfit, typical = report["misfit_mm"], report["typical_mm"]
+    best_mirrored = min(v for k, v in misfit.items() if k != AS_TRAINED)
+    # the case the ratio alone would flag: the mirrored fit is more than twice as good, but looser than typical
+    assert best_mirrored <= 0.5 * misfit[AS_TRAINED] and best_mirrored > typical, report
+    assert report["status"] == "typical" and report["reasons"] == [] and report["notes"] == ["loose_fit"]
+
+
 def test_irreconcilable_placements_are_noted_not_flagged(phantom_prior):
     report = assess_layout(phantom_prior, {}, placed=[1, 2], rejected=[3, 4, 5])
     assert report["status"] == "undetermined" and report["notes"] == ["irreconcilable"] and report["reasons"] == []

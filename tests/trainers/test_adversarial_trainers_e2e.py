@@ -7,16 +7,15 @@ made narrow (8 features) to keep the test cheap."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-import SimpleITK as sitk
 import torch
 
 from nnunet_stipple.trainers.adversarial_confidence import CHECKPOINT_KEY as CONFIDENCE_KEY
 from nnunet_stipple.trainers.sassnet import CHECKPOINT_KEY as SASSNET_KEY
 from tests.conftest import training_env, venv_script
-from tests.trainers.test_teacher_student_e2e import SCHEDULE, _run, _stop_after_first_checkpoint
+from tests.trainers.test_teacher_student_e2e import SCHEDULE, _run, _stop_after_first_checkpoint, \
+    predict_one_unlabeled_case
 
 pytestmark = pytest.mark.e2e
 CASES = {
@@ -66,12 +65,4 @@ def test_train_interrupt_resume_and_predict(phantom_preprocessed, tmp_path, trai
     assert ckpt[key]["step"] == 4 and ckpt["current_epoch"] == 2
     assert (fold / "validation" / "summary.json").is_file()
 
-    images = tmp_path / "images"
-    images.mkdir()
-    source = sorted((phantom_preprocessed["raw_dataset"] / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
-    shutil.copy(source, images / source.name)
-    _run([venv_script("nnUNetv2_predict"), "-i", str(images), "-o", str(tmp_path / "pred"), "-d",
-          str(phantom_preprocessed["dataset_id"]), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
-          "--disable_tta", "-npp", "1", "-nps", "1"], env)
-    seg = tmp_path / "pred" / source.name.replace("_0000.nii.gz", ".nii.gz")
-    assert sitk.ReadImage(str(seg)).GetSize() == sitk.ReadImage(str(source)).GetSize()
+    predict_one_unlabeled_case(phantom_preprocessed, trainer, env, tmp_path)

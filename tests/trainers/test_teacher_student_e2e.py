@@ -98,12 +98,18 @@ def test_train_interrupt_resume_and_predict(phantom_preprocessed, tmp_path, trai
     assert state["step"] == 4 and ckpt["current_epoch"] == 2
     assert (fold / "validation" / "summary.json").is_file()
 
+    predict_one_unlabeled_case(phantom_preprocessed, trainer, env, tmp_path)
+
+
+def predict_one_unlabeled_case(phantom: dict, trainer: str, env: dict, tmp_path) -> None:
+    """Plain ``nnUNetv2_predict`` of one imagesUnlabeled case with fold 0 of ``trainer``'s 2d model: the checkpoint's
+    ``network_weights`` are a plain nnU-Net network, and the segmentation has the image's size."""
     images = tmp_path / "images"
     images.mkdir()
-    source = sorted((phantom_preprocessed["raw_dataset"] / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
+    source = sorted((phantom["raw_dataset"] / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
     shutil.copy(source, images / source.name)
     _run([venv_script("nnUNetv2_predict"), "-i", str(images), "-o", str(tmp_path / "pred"), "-d",
-          str(phantom_preprocessed["dataset_id"]), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
+          str(phantom["dataset_id"]), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
           "--disable_tta", "-npp", "1", "-nps", "1"], env)
     seg = tmp_path / "pred" / source.name.replace("_0000.nii.gz", ".nii.gz")
     assert sitk.ReadImage(str(seg)).GetSize() == sitk.ReadImage(str(source)).GetSize()

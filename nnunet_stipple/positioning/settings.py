@@ -39,8 +39,8 @@ DESCRIPTIONS = {
                         "'components' starts from each organ's largest predicted component; 'hybrid' takes the "
                         "components that agree with each other (anatomy_tolerance_mm) and the joint start for "
                         "the others",
-    "layout_guard": "what a case whose first prediction holds another organ layout than the prior's (mirrored, "
-                    "flipped, irreconcilable placements) gets: 'fallback' flags it and predicts without the prior "
+    "layout_guard": "what a case whose first prediction holds another organ layout than the prior's (a mirrored "
+                    "layout fitting it far better, and as well as the training cases fit theirs) gets: 'fallback' flags it and predicts without the prior "
                     "(plain nnU-Net output), 'flag' only flags it, 'off' does not check",
 }
 

@@ -243,7 +243,11 @@ def test_two_folds_each_with_its_own_prior_in_sequential_mode(trained, tmp_path)
     out = tmp_path / "pred"
     _run(["nnUNetv2_stipple_predict", "-i", trained["raw_dataset"] / "imagesUnlabeled", "-o", out,
           "-d", trained["dataset_id"], "-c", "3d_fullres", "-f", 0, 1, "-tr", TRAINER, "-device", "cpu",
-          "--disable_tta", "-npp", 0, "-nps", 0], env)
+          "--disable_tta", "-npp", 0, "-nps", 0,
+          # this test is about each fold's own prior: the layout check only reports here, so that a tiny fold's
+          # scattered first prediction cannot swap positioning for the fallback (tests/positioning/test_layout.py
+          # and the validation test above test the guard's decisions)
+          "--layout-guard", "flag"], env)
     segs = sorted(out.glob("*.nii.gz"))
     reports = sorted((out / "stipple_positioning").glob("*.json"))
     assert len(segs) == 2
@@ -253,6 +257,7 @@ def test_two_folds_each_with_its_own_prior_in_sequential_mode(trained, tmp_path)
         assert rep["case"] == r.name.replace(".json", "")
         assert [f["fold"] for f in rep["folds"]] == ["0", "1"]
         for fold_report in rep["folds"]:
+            assert fold_report["settings"]["layout_guard"] == "flag"
             assert_positioned(fold_report)
 
 

@@ -16,7 +16,8 @@ from nnunet_stipple.errors import StippleInputError
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"methods": ["plain", "mean_teacher_v2"]}, "valid methods: plain, plain_relabel, stipple_norelab, stipple, "
-                                                "mean_teacher, ua_mt, sassnet, adversarial"),
+                                                "mean_teacher, ua_mt, sassnet, adversarial_confidence, "
+                                                "flare22_rounds"),
     ({"profile": "gpu-huge"}, "valid profiles: paper, cpu-small"),
     ({"alphas": [100, 0]}, r"outside \(0, 100\]"),
     ({"alphas": [150]}, r"outside \(0, 100\]"),

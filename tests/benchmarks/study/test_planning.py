@@ -67,6 +67,22 @@ def test_run_config_contents():
                      "num_val_iterations_per_epoch": 50}
 
 
+def test_flare22_rounds_run_plan():
+    """The FLARE22 recipe: plain nnU-Net's data and schedule, round policy 'agreement' in its stipple_run.json, round
+    0 = the plain model, T = 3 relabeled rounds (its policy's, at every alpha)."""
+    prof = PROFILES["cpu-small"]
+    spec = next(s for s in plan_runs([10], ["flare22_rounds"]) if s.method == "flare22_rounds")
+    assert spec.trainer == "nnUNetTrainer_FLARE22Rounds" and spec.relabels and not spec.uses_prior
+    assert spec.relabel_counterpart().run_id == "10/plain"
+    assert run_config_for(spec, prof) == {**run_config_for(RunSpec(10.0, "plain", None,
+                                                                   "nnUNetTrainer_LabelProportion"), prof),
+                                          "round_policy": "agreement"}
+    assert trainings_per_fold(spec) == 1 + 3 and trainings_per_fold(spec, round0_reused=True) == 3
+    # the other relabeling methods keep their stipple_run.json (no round_policy: the paper's schedule)
+    assert "round_policy" not in run_config_for(RunSpec(10.0, "plain_relabel", None, "nnUNetTrainer_PseudoLabel"),
+                                                prof)
+
+
 def test_trainings_count():
     specs = plan_runs([100, 70, 10], list(METHODS))
     # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 4

@@ -144,6 +144,17 @@ def test_relabel_run_trains_round0_when_counterpart_is_not_finished(fake_dataset
     assert "round0_model_folder" not in call["run_config"]
 
 
+def test_flare22_rounds_round0_is_the_plain_model(fake_dataset):
+    runner = FakeTrainer()
+    res = run_fake_study(fake_dataset, runner, methods=["plain", "flare22_rounds"], alphas=[10], folds=[0],
+                         report=False)
+    assert not res["failed"] and [c["cmd"][5] for c in runner.calls] == ["nnUNetTrainer_LabelProportion",
+                                                                         "nnUNetTrainer_FLARE22Rounds"]
+    rc = runner.calls[1]["run_config"]
+    assert rc["round_policy"] == "agreement"
+    assert rc["round0_model_folder"] == f"../../../plain/{DS}/nnUNetTrainer_LabelProportion__nnUNetPlans__3d_fullres"
+
+
 def test_schedule_scale(fake_dataset):
     runner = FakeTrainer()
     run_fake_study(fake_dataset, runner, methods=["plain"], alphas=[100], folds=[0], schedule_scale=2, report=False)

@@ -27,7 +27,7 @@ SCHEDULE_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_p
 # settings that only concern the relabeling rounds: a model trained without relabeling can be round 0 of a loop
 # whose other settings equal its own
 RELABELING_KEYS = ("rounds", "gamma_max", "selection", "include_background", "retrain", "unlabeled_sources",
-                   "round0_model_folder")
+                   "round0_model_folder", "round_policy", "agreement_measure", "agreement_threshold")
 UNLABELED_SOURCES = ("hidden", "imagesUnlabeled")
 # settings every trained model learned from: a resume (--c) with other values is refused
 LEARNED_FROM_KEYS = ("label_proportion", "label_seed", "num_bins")
@@ -72,6 +72,14 @@ class RunConfig:
     # pseudo-labeling trainers: m0 = <this model folder>/fold_<f>/checkpoint_final.pth, the same training without
     # relabeling (same data, seed and settings; absolute or relative to this file's folder), not trained again
     round0_model_folder: Optional[str] = None
+    # pseudo-labeling trainers: how the rounds go (nnunet_stipple.pseudo_labeling.round_policy); None: the trainer's
+    # default ("gamma_schedule", the paper; nnUNetTrainer_FLARE22Rounds: "agreement", the FLARE22 winners' recipe)
+    round_policy: Optional[str] = None
+    # round_policy "agreement" only: how a case's pseudo-label is compared with the previous round's
+    # ("changed_fraction", the winners' measure, or "dice"; None: changed_fraction) and the value a case must reach
+    # to enter the round's training set (None: the measure's default, 0.1 resp. 0.9, our choice)
+    agreement_measure: Optional[str] = None
+    agreement_threshold: Optional[float] = None
     # semi-supervised trainers (mean teacher, UA-MT, SASSNet, adversarial confidence): their settings object, checked
     # by nnunet_stipple.semi_supervised.settings (None: the trainer's defaults)
     semi_supervised: Optional[dict] = None
@@ -108,6 +116,9 @@ class RunConfig:
         if self.round0_model_folder is not None and not isinstance(self.round0_model_folder, str):
             raise StippleInputError(f"{source}: round0_model_folder must be a folder (a string) or null, got "
                                     f"{self.round0_model_folder!r}")
+        from nnunet_stipple.pseudo_labeling.round_policy import check_round_policy
+        check_round_policy(self.round_policy, source, self.agreement_measure, self.agreement_threshold,
+                           self.selection, self.retrain)
         if self.semi_supervised is not None:
             from nnunet_stipple.semi_supervised.settings import check_semi_supervised_object
             check_semi_supervised_object(self.semi_supervised, source)
@@ -115,8 +126,18 @@ class RunConfig:
 
     @property
     def effective_rounds(self) -> int:
+        """T of the loop under :attr:`round_policy` (unset: the paper's gamma schedule; a trainer with another
+        default policy asks :meth:`rounds_for`)."""
+        from nnunet_stipple.pseudo_labeling.round_policy import GAMMA_SCHEDULE
+        return self.rounds_for(self.round_policy or GAMMA_SCHEDULE)
+
+    def rounds_for(self, policy: str) -> int:
+        """T: ``rounds`` if set, else the policy's (agreement: 3), else the paper's (2 at alpha >= 0.7, else 1)."""
+        from nnunet_stipple.pseudo_labeling.round_policy import ROUND_POLICIES
         if self.rounds is not None:
             return self.rounds
+        if ROUND_POLICIES[policy].default_rounds is not None:
+            return ROUND_POLICIES[policy].default_rounds
         return 2 if self.label_proportion >= 0.7 else 1
 
     def to_json(self) -> dict:

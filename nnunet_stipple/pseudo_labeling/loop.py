@@ -14,6 +14,11 @@ Everything lives in the fold folder, ``<fold>/pseudo_labeling/``:
   ``round_log.json`` (cases and voxels added; precision/recall per class when ground truth is known);
 * ``quality.png``: precision/recall of the added voxels and voxels added per class over rounds.
 
+``round_policy`` (see :mod:`.round_policy`) chooses how the rounds go: the paper's gamma schedule (above), or
+``agreement``, the FLARE22 winners' recipe (whole-case pseudo-labels, from scratch, T = 3, and from round 2 on only
+the cases whose pseudo-label agrees with the previous round's enter the round's training set; the others are
+dropped and listed with their agreement value in ``round_log.json``).
+
 Pseudo-labels of a round are written case by case, atomically; existing ones are reused, so a killed run
 loses at most one case, and shards predicted elsewhere (``nnUNetv2_stipple_pseudo_label_predict
 -num_parts N -part_id i``) are picked up. At the end m_T's checkpoint becomes ``<fold>/checkpoint_final.pth``
@@ -35,6 +40,8 @@ from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.pseudo_labeling.label_files import dataset_json_with_ignore, ignore_label_for
 from nnunet_stipple.pseudo_labeling.quality import added_label_quality, pooled_added_label_quality
 from nnunet_stipple.pseudo_labeling.round_dataset import build_round_folder
+from nnunet_stipple.pseudo_labeling.round_policy import AGREEMENT_MEASURES, GAMMA_SCHEDULE, ROUND_POLICIES, \
+    agreement_value, check_round_policy, resolved_agreement
 from nnunet_stipple.pseudo_labeling.selection import SELECTION_STRATEGIES, check_selection_options, \
     get_selection_strategy
 from nnunet_stipple.pseudo_labeling.unlabeled import UnlabeledCase, UnlabeledCasesMixin
@@ -46,6 +53,7 @@ PL_FOLDER = "pseudo_labeling"
 class PseudoLabelLoopMixin(UnlabeledCasesMixin):
     """Mix into a trainer that also has :class:`LabelProportionMixin`. Overrides ``run_training``."""
     default_selection = "prior_confidence"
+    default_round_policy = GAMMA_SCHEDULE  # round_policy when stipple_run.json does not set one
     round0_trainer: Optional[str] = None   # the trainer without relabeling whose model can be round 0
     has_spatial_prior = False              # prior-driven selection strategies need one
 
@@ -95,7 +103,11 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
     def trained_settings(self) -> dict:
         settings = super().trained_settings()
         settings.pop("round0_model_folder", None)   # where m0 came from matters only until round 0 exists
-        settings.update(selection=self.selection_name, rounds=self.run_config.effective_rounds)
+        settings.update(selection=self.selection_name, rounds=self.loop_rounds)
+        if self.round_policy_name != GAMMA_SCHEDULE:   # resolved; absent (None) for the paper's, as recorded before
+            measure, threshold = self.agreement_setting()
+            settings.update(round_policy=self.round_policy_name, agreement_measure=measure,
+                            agreement_threshold=threshold)
         return settings
 
     def resume_keys(self):
@@ -112,8 +124,22 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
         self._state = state
 
     @property
+    def round_policy_name(self) -> str:
+        return self.run_config.round_policy or self.default_round_policy
+
+    @property
+    def loop_rounds(self) -> int:
+        """T under the run's round policy."""
+        return self.run_config.rounds_for(self.round_policy_name)
+
+    def agreement_setting(self) -> tuple:
+        """(agreement measure, threshold) with their defaults filled in."""
+        return resolved_agreement(self.run_config.agreement_measure, self.run_config.agreement_threshold)
+
+    @property
     def selection_name(self) -> str:
-        return self.run_config.selection or self.default_selection
+        return (self.run_config.selection or ROUND_POLICIES[self.round_policy_name].default_selection
+                or self.default_selection)
 
     def selection_strategy(self):
         name = self.selection_name
@@ -125,6 +151,10 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
         """At trainer start, not when round 1 begins after round 0 has trained."""
         where = (f"{Path(self.output_folder_base) / RUN_CONFIG_FILE}" if self.run_config.selection else
                  f"{type(self).__name__}.default_selection")
+        rc = self.run_config
+        check_round_policy(self.round_policy_name, f"{Path(self.output_folder_base) / RUN_CONFIG_FILE}",
+                           rc.agreement_measure, rc.agreement_threshold, self.selection_name, rc.retrain,
+                           policy_explicit=rc.round_policy is not None)
         cls = check_selection_options(self.selection_name, self.run_config.include_background, where)
         if cls.needs_prior and not self.has_spatial_prior:
             raise StippleInputError(f"{where}: selection {self.selection_name!r} ranks voxels by prior-driven "
@@ -133,7 +163,7 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def run_training(self):
-        rounds = self.run_config.effective_rounds
+        rounds = self.loop_rounds
         unlabeled = self.unlabeled_cases() if rounds > 0 else []
         if rounds == 0 or not unlabeled:
             self.print_to_log_file(f"Pseudo-labeling: {'T = 0' if rounds == 0 else 'no unlabeled cases'}; "
@@ -141,9 +171,13 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
             return super().run_training()
         state = self._load_state()
         self._save_state(state)
+        policy = self.round_policy_name
+        if ROUND_POLICIES[policy].filters_by_agreement:
+            measure, threshold = self.agreement_setting()
+            policy += f" ({measure} {AGREEMENT_MEASURES[measure].rule} {threshold:g} from round 2 on)"
         self.print_to_log_file(f"Pseudo-labeling: {len(unlabeled)} unlabeled cases, T = {rounds}, "
-                               f"gamma_max = {self.run_config.gamma_max}, selection = {self.selection_name}, "
-                               f"retrain = {self.run_config.retrain}")
+                               f"round policy = {policy}, gamma_max = {self.run_config.gamma_max}, "
+                               f"selection = {self.selection_name}, retrain = {self.run_config.retrain}")
         if 0 not in state["finished_rounds"] and self.run_config.round0_model_folder:
             self._adopt_round0(self.run_config.round0_model_folder)
             state["finished_rounds"].append(0)
@@ -152,6 +186,7 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
             if t in state["finished_rounds"]:
                 continue
             pseudo_ids = self._pseudo_labels_on_rank0(t, unlabeled) if t > 0 else []
+            pseudo_ids = self._round_training_ids(t, pseudo_ids)
             self._train_round(t, pseudo_ids, unlabeled)
             state["finished_rounds"].append(t)
             self._save_state(state)
@@ -202,6 +237,17 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
             self.make_pseudo_labels(t, unlabeled)
         dist.barrier()
         return [u.case for u in unlabeled]
+
+    def _round_training_ids(self, t: int, pseudo_ids: List[str]) -> List[str]:
+        """The pseudo-labeled cases that enter round t's training set: all, or (round policy ``agreement``) those
+        ``round_log.json`` (written on rank 0 before the barrier) records as kept."""
+        if t < 1 or not ROUND_POLICIES[self.round_policy_name].filters_by_agreement:
+            return pseudo_ids
+        log = json.loads((self.round_folder(t) / "round_log.json").read_text())
+        if "agreement" not in log:
+            return pseudo_ids
+        cases = log["agreement"]["cases"]
+        return [c for c in pseudo_ids if cases[c]["kept"]]
 
     def _train_round(self, t: int, pseudo_ids: List[str], unlabeled: List[UnlabeledCase]) -> None:
         from nnunetv2.training.logging.nnunet_logger import MetaLogger
@@ -272,7 +318,7 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
     def make_pseudo_labels(self, t: int, unlabeled: List[UnlabeledCase], part_id: int = 0, num_parts: int = 1
                            ) -> List[str]:
         """Pseudo-labels of round t from m_{t-1}; cases already done (e.g. by other shards) are kept."""
-        rounds = self.run_config.effective_rounds
+        rounds = self.loop_rounds
         gamma = t / rounds * self.run_config.gamma_max
         mine = unlabeled[part_id::num_parts]
         todo = [u for u in mine if not self.pseudo_label_path(t, u.case).is_file()]
@@ -326,12 +372,40 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
         write_json_atomic(path.with_suffix(".json"), record)
         write_npz_atomic(path, label=result.label)  # the .npz marks the case done
 
+    def round_agreement(self, t: int, cases: List[str]) -> Optional[dict]:
+        """Round policy ``agreement``, t >= 2: every case's pseudo-label of round t against its pseudo-label of
+        round t - 1 (both read from ``pseudo_labels/<case>.npz``; nothing is predicted again), and whether it enters
+        round t's training set. None otherwise."""
+        if t < 2 or not ROUND_POLICIES[self.round_policy_name].filters_by_agreement:
+            return None
+        measure, threshold = self.agreement_setting()
+        rule = AGREEMENT_MEASURES[measure]
+        classes = [int(c) for c in self.label_manager.foreground_labels]
+        per_case = {}
+        for case in cases:
+            previous = self.pseudo_label_path(t - 1, case)
+            if not previous.is_file():
+                raise StippleInputError(f"Round {t}: {previous} is missing; the agreement filter compares each case's "
+                                        f"pseudo-label with round {t - 1}'s. Restore it, or delete {self.pl_folder} to "
+                                        f"run the loop again.")
+            value = agreement_value(measure, self._read_pseudo_label(t - 1, case)[0],
+                                    self._read_pseudo_label(t, case)[0], classes)
+            per_case[case] = {"value": value, "kept": bool(rule.keeps(value, threshold))}
+        kept = sum(v["kept"] for v in per_case.values())
+        return {"measure": measure, "threshold": threshold, "rule": f"{measure} {rule.rule} {threshold:g}",
+                "compared_with_round": t - 1, "kept": kept, "dropped": len(per_case) - kept, "cases": per_case}
+
     def _write_round_log(self, t: int, unlabeled: List[UnlabeledCase], gamma: float) -> None:
         records = [json.loads(self.pseudo_label_path(t, u.case).with_suffix(".json").read_text()) for u in unlabeled]
+        agreement = self.round_agreement(t, [r["case"] for r in records])
+        if agreement is not None:   # what the round trains on: the kept cases
+            records = [r for r in records if agreement["cases"][r["case"]]["kept"]]
         classes = [str(int(c)) for c in self.label_manager.foreground_labels]
         added = {c: int(sum(r["stats"][c]["selected"] for r in records)) for c in classes}
         log = {"round": t, "gamma": gamma, "cases": len(records), "voxels_added_per_class": added,
                "voxels_added": int(sum(added.values()))}
+        if agreement is not None:
+            log.update(cases_pseudo_labeled=len(unlabeled), agreement=agreement)
         with_gt = [r for r in records if "quality" in r]
         if with_gt:
             per_class = {}
@@ -346,7 +420,9 @@ class PseudoLabelLoopMixin(UnlabeledCasesMixin):
         write_json_atomic(self.round_folder(t) / "round_log.json", log)
         self.print_to_log_file(f"Round {t}: {len(records)} cases, {log['voxels_added']} voxels added "
                                f"(per class {added})" + (f"; precision/recall (pooled) "
-                               f"{log['quality_pooled']}" if with_gt else ""))
+                               f"{log['quality_pooled']}" if with_gt else "")
+                               + (f"; agreement with round {t - 1} ({agreement['rule']}): kept {agreement['kept']}, "
+                                  f"dropped {agreement['dropped']} of {len(unlabeled)}" if agreement else ""))
 
     def plot_quality(self) -> Optional[Path]:
         logs = sorted(self.pl_folder.glob("round_*/round_log.json"))

@@ -195,6 +195,7 @@ class SelectionStrategy:
     name: str = ""
     needs_prior: bool = False                 # ranks by prior-driven probabilities: only for trainers with a prior
     takes_include_background: bool = False    # has the include_background option of stipple_run.json
+    whole_case: bool = False                  # labels every voxel (no ignore voxels): round_policy 'agreement' takes it
 
     def select(
         self,
@@ -257,6 +258,7 @@ class AllPredictedSelection(SelectionStrategy):
     """
 
     name = "all_predicted"
+    whole_case = True
 
     def _select(self, visual_probs, prior_probs, gamma, ignore_label):
         label = _argmax(visual_probs)
@@ -317,6 +319,7 @@ class Flare22Selection(SelectionStrategy):
     """
 
     name = "flare22"
+    whole_case = True
 
     def _select(self, visual_probs, prior_probs, gamma, ignore_label):
         num_classes = visual_probs.shape[0]

@@ -39,12 +39,14 @@ def predict_pseudo_label_shard(dataset: Union[int, str], configuration: str, fol
     if round_index < 1:
         raise StippleInputError(f"--round must be >= 1 (round 0 trains on labeled cases only), got {round_index}")
     fold = parse_fold(fold)
-    if not issubclass(_trainer_class(trainer), PseudoLabelLoopMixin):
+    trainer_class = _trainer_class(trainer)
+    if not issubclass(trainer_class, PseudoLabelLoopMixin):
         raise StippleInputError(f"Trainer {trainer} does not run a pseudo-labeling loop (use e.g. "
                                 f"STIPPLETrainer_PseudoLabel or nnUNetTrainer_PseudoLabel).")
     dataset_name = resolve_dataset_name(dataset)
     model_folder = Path(get_output_folder(dataset_name, trainer, plans, configuration))
-    rounds = RunConfig.for_output_folder(str(model_folder)).effective_rounds
+    rc = RunConfig.for_output_folder(str(model_folder))
+    rounds = rc.rounds_for(rc.round_policy or trainer_class.default_round_policy)
     if round_index > rounds:
         raise StippleInputError(f"--round {round_index} is beyond the run's T = {rounds} rounds "
                                 f"({model_folder / 'stipple_run.json'}).")

@@ -51,3 +51,14 @@ class nnUNetTrainer_PseudoLabel(PseudoLabelLoopMixin, nnUNetTrainer_LabelProport
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._setup_pseudo_labeling(dataset_json)
+
+
+class nnUNetTrainer_FLARE22Rounds(nnUNetTrainer_PseudoLabel):
+    """The FLARE22 winners' multi-round recipe (Huang et al., Ziyan-Huang/FLARE22) on plain nnU-Net: round policy
+    ``agreement`` preset (see :mod:`nnunet_stipple.pseudo_labeling.round_policy`): whole-case pseudo-labels cleaned
+    by connected components (selection ``flare22``), every round retrained from scratch, T = 3 unless ``rounds`` is
+    set, and from round 2 on only the cases whose pseudo-label agrees with the previous round's
+    (``agreement_measure``, ``agreement_threshold``) in the round's training set. Round 0 is the plain model
+    (``nnUNetTrainer_LabelProportion``), as for :class:`nnUNetTrainer_PseudoLabel`."""
+    default_round_policy = "agreement"
+    default_selection = "flare22"

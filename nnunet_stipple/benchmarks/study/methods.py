@@ -35,6 +35,9 @@ class Method:
     # trained by a study run without --methods: the paper's Table 2 (the evidence study); Table 3's competitors are
     # asked for by name, so adding one does not put new trainings in front of an existing study's missing rows
     in_default_study: bool = True
+    # a relabeling method's round policy (stipple_run.json's round_policy, see
+    # nnunet_stipple.pseudo_labeling.round_policy), written to its stipple_run.json; None: the paper's gamma schedule
+    round_policy: Optional[str] = None
 
     @property
     def relabels(self) -> bool:
@@ -55,8 +58,12 @@ METHOD_TABLE: Tuple[Method, ...] = (
            semi_supervised=True, relative_cost=15 / 3, in_default_study=False),
     Method("sassnet", "nnUNetTrainer_SASSNet", "SASSNet (shape-aware)", table_row=6, uses_prior=False,
            semi_supervised=True, relative_cost=3.0, in_default_study=False),
-    Method("adversarial", "nnUNetTrainer_AdversarialConfidence", "Adversarial (confidence)", table_row=7,
+    Method("adversarial_confidence", "nnUNetTrainer_AdversarialConfidence", "Adversarial (confidence)", table_row=7,
            uses_prior=False, semi_supervised=True, relative_cost=3.0, in_default_study=False),
+    # the FLARE22 winners' multi-round recipe (issue 15): whole-case pseudo-labels, from scratch, T = 3, cases whose
+    # pseudo-label changes between consecutive rounds dropped; round 0 is the plain model
+    Method("flare22_rounds", "nnUNetTrainer_FLARE22Rounds", "FLARE22 rounds (agreement)", table_row=8,
+           uses_prior=False, relabel_counterpart="plain", in_default_study=False, round_policy="agreement"),
 )
 _METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
 METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer

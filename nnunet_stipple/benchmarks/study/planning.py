@@ -203,6 +203,8 @@ def run_config_for(spec: RunSpec, profile: Profile, label_seed: int = 0) -> dict
     d = {"label_proportion": spec.alpha / 100.0, "label_seed": label_seed, **profile.schedule}
     if spec.uses_prior:
         d["num_bins"] = spec.bins
+    if method(spec.method).round_policy is not None:
+        d["round_policy"] = method(spec.method).round_policy
     RunConfig.from_dict(d, f"{spec.run_id}/{RUN_CONFIG_FILE}")
     return d
 
@@ -212,11 +214,12 @@ def run_config_for(spec: RunSpec, profile: Profile, label_seed: int = 0) -> dict
 # ---------------------------------------------------------------------------------------------------------------
 def trainings_per_fold(spec: RunSpec, round0_reused: bool = False) -> int:
     """nnU-Net trainings of one fold of a run: 1, or 1 + T rounds for the relabel methods (T when round 0 is
-    the model of the counterpart run without relabeling)."""
+    the model of the counterpart run without relabeling; T of the method's round policy)."""
     if spec.skipped:
         return 0
     if spec.relabels:
-        return (0 if round0_reused else 1) + RunConfig(label_proportion=spec.alpha / 100).effective_rounds
+        rc = RunConfig(label_proportion=spec.alpha / 100, round_policy=method(spec.method).round_policy)
+        return (0 if round0_reused else 1) + rc.effective_rounds
     return 1
 
 

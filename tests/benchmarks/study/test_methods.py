@@ -42,7 +42,8 @@ def test_method_table_names_labels_and_rows_are_unique():
     assert sorted(m.table_row for m in METHOD_TABLE) == list(range(len(METHOD_TABLE)))
     assert METHODS == {m.name: m.trainer for m in METHOD_TABLE}
     assert METHOD_ORDER == ("plain", "stipple_norelab", "plain_relabel", "stipple",   # the paper's Table 2
-                            "mean_teacher", "ua_mt", "sassnet", "adversarial")      # then its Table 3
+                            "mean_teacher", "ua_mt", "sassnet", "adversarial_confidence",   # then its Table 3
+                            "flare22_rounds")                                               # then FLARE22's recipe
 
 
 def test_a_study_without_methods_trains_table_2_only():

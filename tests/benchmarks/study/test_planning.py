@@ -12,7 +12,8 @@ def test_plan_runs_trainers_folders_and_skips(tmp_path):
     specs = plan_runs([100, 10], list(METHODS), [5], has_unlabeled=False)
     ids = {s.run_id: s for s in specs}
     assert set(ids) == {f"{a}/{m}" for a in (100, 10) for m in ("plain", "stipple_norelab", "plain_relabel", "stipple",
-                                                                "mean_teacher", "ua_mt", "sassnet", "adversarial")}
+                                                                "mean_teacher", "ua_mt", "sassnet", "adversarial_confidence",
+                                                                "flare22_rounds")}
     assert ids["10/plain"].trainer == "nnUNetTrainer_LabelProportion"
     assert ids["10/plain_relabel"].trainer == "nnUNetTrainer_PseudoLabel"
     assert ids["10/stipple_norelab"].trainer == "STIPPLETrainer"
@@ -24,8 +25,10 @@ def test_plan_runs_trainers_folders_and_skips(tmp_path):
     assert ids["10/stipple"].folder(tmp_path) == tmp_path / "runs" / "10" / "stipple"
     # semi-supervised methods at 100 % without imagesUnlabeled: nothing to learn from, nothing stands for them
     assert ids["10/sassnet"].trainer == "nnUNetTrainer_SASSNet"
-    assert ids["10/adversarial"].trainer == "nnUNetTrainer_AdversarialConfidence"
-    for m in ("mean_teacher", "ua_mt", "sassnet", "adversarial"):
+    assert ids["10/adversarial_confidence"].trainer == "nnUNetTrainer_AdversarialConfidence"
+    assert ids["10/flare22_rounds"].trainer == "nnUNetTrainer_FLARE22Rounds" and not ids["10/flare22_rounds"].skipped
+    assert ids["100/flare22_rounds"].skipped == SKIPPED_SAME and ids["100/flare22_rounds"].same_as == "100/plain"
+    for m in ("mean_teacher", "ua_mt", "sassnet", "adversarial_confidence"):
         assert ids[f"100/{m}"].skipped == SKIPPED_NOTHING_UNLABELED and ids[f"100/{m}"].same_as is None
         assert not ids[f"10/{m}"].skipped                   # alpha < 100 %: the hidden training cases are unlabeled
     # with imagesUnlabeled there is something to relabel, and unlabeled patches, at 100 %
@@ -64,15 +67,31 @@ def test_run_config_contents():
                      "num_val_iterations_per_epoch": 50}
 
 
+def test_flare22_rounds_run_plan():
+    """The FLARE22 recipe: plain nnU-Net's data and schedule, round policy 'agreement' in its stipple_run.json, round
+    0 = the plain model, T = 3 relabeled rounds (its policy's, at every alpha)."""
+    prof = PROFILES["cpu-small"]
+    spec = next(s for s in plan_runs([10], ["flare22_rounds"]) if s.method == "flare22_rounds")
+    assert spec.trainer == "nnUNetTrainer_FLARE22Rounds" and spec.relabels and not spec.uses_prior
+    assert spec.relabel_counterpart().run_id == "10/plain"
+    assert run_config_for(spec, prof) == {**run_config_for(RunSpec(10.0, "plain", None,
+                                                                   "nnUNetTrainer_LabelProportion"), prof),
+                                          "round_policy": "agreement"}
+    assert trainings_per_fold(spec) == 1 + 3 and trainings_per_fold(spec, round0_reused=True) == 3
+    # the other relabeling methods keep their stipple_run.json (no round_policy: the paper's schedule)
+    assert "round_policy" not in run_config_for(RunSpec(10.0, "plain_relabel", None, "nnUNetTrainer_PseudoLabel"),
+                                                prof)
+
+
 def test_trainings_count():
     specs = plan_runs([100, 70, 10], list(METHODS))
     # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 4
-    # semi-supervised; 10: 2 + 2 x (1 + 1) + 4
-    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 4) + (2 + 4 + 4)
+    # semi-supervised + flare22_rounds 1 + 3 (its policy's T at every alpha); 10: 2 + 2 x (1 + 1) + 4 + (1 + 3)
+    assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 4 + 4) + (2 + 4 + 4 + 4)
     # in a study the counterparts are trained too: their models are the relabeling runs' round 0
     est = estimate(specs, [0, 1], PROFILES["cpu-small"], "cpu",
                       {"patch_size": [32, 64, 64], "batch_size": 2, "median_image_size_in_voxels": [40, 90, 90]})
-    assert est["trainings"] == 2 * (2 + (2 + 4 + 4) + (2 + 2 + 4)) and est["seconds"] > 0
+    assert est["trainings"] == 2 * (2 + (2 + 4 + 4 + 3) + (2 + 2 + 4 + 3)) and est["seconds"] > 0
     alone = [s for s in specs if s.run_id == "10/stipple"]
     assert estimate(alone, [0], PROFILES["cpu-small"], "cpu")["trainings"] == 2
     # the teacher's passes make an iteration of the semi-supervised methods dearer than plain nnU-Net's
@@ -86,7 +105,7 @@ def test_work_order_priority_alphas_then_folds_then_table_rows():
     specs = plan_runs([100, 30, 10], list(METHODS))
     order = [(s.run_id, f) for s, f in work_order(specs, [0, 1], alpha_priority=(10, 100))]
     rows = ["plain", "stipple_norelab", "plain_relabel", "stipple", "mean_teacher", "ua_mt", "sassnet",
-            "adversarial"]                                              # Tables 2, then 3
+            "adversarial_confidence", "flare22_rounds"]                 # Tables 2, then 3
     n = len(rows)
     assert order[:2 * n] == [(f"10/{m}", f) for f in (0, 1) for m in rows]
     assert order[2 * n:2 * n + 4] == [("100/plain", 0), ("100/stipple_norelab", 0), ("100/plain", 1),

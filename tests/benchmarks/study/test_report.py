@@ -74,9 +74,11 @@ def test_report_on_fake_study(fake_dataset):
     assert stip["dice"]["mean"] == pytest.approx(1.0) and stip["nsd"]["mean"] == pytest.approx(1.0)
     run = next(r for r in results["runs"] if r["run_id"] == "10/plain")
     assert run["folds_finished"] == [0, 1] and "nnunetv2" in run["versions"] and run["wall_seconds"]["0"] >= 0
-    # CSV: 10 trained runs (100 %: 2; 10 %: the 4 of Table 2 and the 4 semi-supervised ones) x 4 cases x 2 classes
+    # CSV: 11 trained runs (100 %: 2; 10 %: the 4 of Table 2, the 4 semi-supervised ones and FLARE22's rounds) x 4
+    # cases x 2 classes
     rows = list(csv.DictReader(open(rep / "results.csv")))
-    assert len(rows) == 10 * 4 * 2
+    assert len(rows) == 11 * 4 * 2
+    assert {"10/adversarial_confidence", "10/flare22_rounds"} <= {r["run_id"] for r in rows}
     r = next(r for r in rows if r["run_id"] == "10/plain" and r["case"] == "case_b" and r["class_name"] == "liver")
     s = json.loads((study_dir / "runs/10/plain" / DS / "nnUNetTrainer_LabelProportion__nnUNetPlans__3d_fullres"
                     / "fold_0/validation/summary.json").read_text())
@@ -84,7 +86,7 @@ def test_report_on_fake_study(fake_dataset):
     assert float(r["dice"]) == pytest.approx(dice_b)
     assert (rep / "dice_vs_alpha.png").stat().st_size > 0
     assert (rep / "organs_alpha10.png").is_file() and (rep / "organs_alpha100.png").is_file()
-    assert res["report"]["finished"] == 20          # 10 runs x 2 folds
+    assert res["report"]["finished"] == 22          # 11 runs x 2 folds
 
 
 def test_report_uses_nsd_cache_and_bins_plot(fake_dataset, monkeypatch):

@@ -16,7 +16,8 @@ from nnunet_stipple.errors import StippleInputError
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"methods": ["plain", "mean_teacher_v2"]}, "valid methods: plain, plain_relabel, stipple_norelab, stipple, "
-                                                "mean_teacher, ua_mt, sassnet, adversarial"),
+                                                "mean_teacher, ua_mt, sassnet, adversarial_confidence, "
+                                                "flare22_rounds"),
     ({"profile": "gpu-huge"}, "valid profiles: paper, cpu-small"),
     ({"alphas": [100, 0]}, r"outside \(0, 100\]"),
     ({"alphas": [150]}, r"outside \(0, 100\]"),
@@ -141,6 +142,17 @@ def test_relabel_run_trains_round0_when_counterpart_is_not_finished(fake_dataset
     run_fake_study(fake_dataset, runner, methods=["plain", "plain_relabel"], alphas=[10], folds=[0], report=False)
     call = next(c for c in runner.calls if "nnUNetTrainer_PseudoLabel" in c["cmd"])
     assert "round0_model_folder" not in call["run_config"]
+
+
+def test_flare22_rounds_round0_is_the_plain_model(fake_dataset):
+    runner = FakeTrainer()
+    res = run_fake_study(fake_dataset, runner, methods=["plain", "flare22_rounds"], alphas=[10], folds=[0],
+                         report=False)
+    assert not res["failed"] and [c["cmd"][5] for c in runner.calls] == ["nnUNetTrainer_LabelProportion",
+                                                                         "nnUNetTrainer_FLARE22Rounds"]
+    rc = runner.calls[1]["run_config"]
+    assert rc["round_policy"] == "agreement"
+    assert rc["round0_model_folder"] == f"../../../plain/{DS}/nnUNetTrainer_LabelProportion__nnUNetPlans__3d_fullres"
 
 
 def test_schedule_scale(fake_dataset):

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alphas", nargs="+", type=float, default=None,
                      help="label proportions in %% of the fold's training cases, in (0, 100] (default: the profile's)")
     run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                     help=f"methods among {', '.join(METHODS)} (default: the paper's Table 2, {' '.join(DEFAULT_METHODS)})")
+                     help=f"methods among {', '.join(METHODS)} (default: the paper's Table 2, {' '.join(DEFAULT_METHODS)}; "
+                          f"with --partial-remove its four methods)")
     run.add_argument("--bins", nargs="+", type=int, default=None,
                      help="number(s) of bins B of the prior; several: the bins study (Figure 6) (default: the "
                           "profile's: " + ", ".join(f"{k} {v.bins}" for k, v in PROFILES.items()) + ")")
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule-scale", type=float, default=1,
                      help="multiply the profile's number of epochs (e.g. 2: check that a longer schedule changes "
                           "little); one schedule per study folder")
+    run.add_argument("--partial-remove", nargs="+", default=None, metavar="CLASS",
+                     help="the partial-labels simulation (thesis ch. 3): remove these classes (names of dataset.json's "
+                          "labels) from 100 - alpha %% of each fold's training cases (validation cases keep every "
+                          "organ); the derived data live in STUDY_DIR/partial_data/. Runs the methods partial_plain "
+                          "partial_ignore inerrant inerrant_prior only (the default then)")
     run.add_argument("--nsd-tolerance", type=float, default=None,
                      help="tolerance of the normalised surface distance in mm (default: the profile's, "
                           f"{', '.join(f'{k} {v.nsd_tolerance_mm:g}' for k, v in PROFILES.items())})")
@@ -104,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                bins_methods=args.bins_methods, plans=args.plans, device=args.device,
                                dry_run=args.dry_run, report=not args.no_report,
                                nsd_tolerance_mm=args.nsd_tolerance, schedule_scale=args.schedule_scale,
-                               record_dir=args.record_dir, log=log)
+                               record_dir=args.record_dir, partial_remove=args.partial_remove, log=log)
             if res.get("failed"):
                 print(f"{PROG}: {len(res['failed'])} run(s) failed: {', '.join(res['failed'])} (see their "
                       f"train_fold*.log); rerun the same command to retry them.", file=sys.stderr)

@@ -5,6 +5,13 @@ cases: validation cases keep their labels). The result is a *new* nnU-Net raw da
 caller owns (a study's own ``nnUNet_raw``), never into the source dataset: images are symbolic links to the
 source images, label files are derived copies, and ``partial_labels.json`` declares what was removed. The folder
 is built in a temporary sibling and renamed into place (complete or absent).
+
+``missing_as``: what the removed organs become in the cases that lose them. ``"background"`` (the thesis's naive
+baseline and INERRANT's input: the declaration says which background is ambiguous) or ``"ignore"`` (nnU-Net's
+ignore label, added to dataset.json as the highest label value: every voxel labeled background in such a case is
+set to ignore, since with one softmax over background and organs none of them is known to be background for the
+missing organs - thesis ch. 3, section 3.3.1: "when only one organ is missing no background label can be used";
+the annotated organs' voxels stay labeled).
 """
 from __future__ import annotations
 
@@ -31,11 +38,25 @@ def cases_losing_labels(cases: Sequence[str], proportion: float, seed: int) -> L
     return sorted(ordered[i] for i in order[:n])
 
 
+MISSING_AS = ("background", "ignore")
+
+
+def ignore_label_value(dataset_json: dict) -> int:
+    """The dataset's ignore label, or the value one above its highest label (nnU-Net wants it highest)."""
+    labels = dataset_json["labels"]
+    if "ignore" in labels:
+        return int(labels["ignore"])
+    return max(int(v) for v in labels.values()) + 1
+
+
 def derive_partial_dataset(source: Path, target_root: Path, dataset_id: int, name: str, remove: Sequence[str],
-                           cases: Sequence[str], proportion: float, seed: int) -> Path:
+                           cases: Sequence[str], proportion: float, seed: int, missing_as: str = "background") -> Path:
     """Write ``target_root/Dataset<id>_<name>``: ``source`` (an nnU-Net raw dataset with imagesTr/labelsTr) where
-    the classes ``remove`` are set to background in ``cases_losing_labels(cases, proportion, seed)``."""
+    the classes ``remove`` are set to background (``missing_as="ignore"``: every background voxel to nnU-Net's
+    ignore label) in ``cases_losing_labels(cases, proportion, seed)``."""
     import SimpleITK as sitk
+    if missing_as not in MISSING_AS:
+        raise StippleInputError(f"missing_as must be one of {MISSING_AS}, got {missing_as!r}")
     source, target_root = Path(source).resolve(), Path(target_root)
     dataset_json = json.loads((source / "dataset.json").read_text())
     if "dataset" in dataset_json:
@@ -57,6 +78,10 @@ def derive_partial_dataset(source: Path, target_root: Path, dataset_id: int, nam
     if missing_files:
         raise StippleInputError(f"{source / 'labelsTr'} has no label file for case(s) {missing_files[:5]}")
     kept = [n for n in classes.values() if n not in remove]
+    labels = dict(dataset_json["labels"])
+    ignore = ignore_label_value(dataset_json)
+    if missing_as == "ignore":
+        labels["ignore"] = ignore
     target_root.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(f".{target.name}.tmp-", target_root)
     try:
@@ -73,14 +98,18 @@ def derive_partial_dataset(source: Path, target_root: Path, dataset_id: int, nam
             seg = sitk.GetArrayFromImage(itk)
             for r in remove:
                 seg[seg == by_name[r]] = 0
+            if missing_as == "ignore":
+                seg[seg == 0] = ignore
             out = sitk.GetImageFromArray(seg)
             out.CopyInformation(itk)
             sitk.WriteImage(out, str(tmp / "labelsTr" / label_file.name), True)
             removed[case] = list(remove)
         (tmp / "dataset.json").write_text(json.dumps(
-            {**dataset_json, "name": name,
+            {**dataset_json, "name": name, "labels": labels,
              "description": f"{dataset_json.get('description', '')} Partially labeled copy: "
-                            f"{', '.join(remove)} removed from {len(losing)} case(s) (seed {seed})."}, indent=2))
+                            f"{', '.join(remove)} removed from {len(losing)} case(s) (seed {seed})"
+                            + (", their background marked ignore." if missing_as == "ignore" else ".")},
+            indent=2))
         (tmp / DECLARATION_FILE).write_text(json.dumps(
             {"description": f"simulated from {source}: {', '.join(remove)} removed, proportion {proportion:g} of "
                             f"{len(cases)} cases, seed {seed}",

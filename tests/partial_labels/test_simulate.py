@@ -48,3 +48,51 @@ def test_derive_partial_dataset(tmp_path, monkeypatch):
         derive_partial_dataset(src, study_raw, 994, "Partial", ["spleen"], cases, 0.5, seed=0)
     with pytest.raises(StippleInputError, match="unknown"):
         derive_partial_dataset(src, study_raw, 995, "P2", ["kidney"], cases, 0.5, seed=0)
+
+
+# hand-made tiny label volumes (z, y, x) = (1, 2, 4): liver 1, kidney 2, spleen 3
+_TINY = {"a": [[[0, 1, 2, 3], [0, 1, 2, 2]]], "b": [[[0, 0, 1, 1], [3, 3, 0, 0]]], "c": [[[1, 2, 3, 0], [0, 0, 0, 0]]]}
+
+
+def _tiny_source(root):
+    src = root / "Dataset901_Tiny"
+    (src / "imagesTr").mkdir(parents=True)
+    (src / "labelsTr").mkdir()
+    (src / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "liver": 1, "kidney": 2, "spleen": 3}, "channel_names": {"0": "CT"},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    for case, arr in _TINY.items():
+        sitk.WriteImage(sitk.GetImageFromArray(np.array(arr, np.uint8)), str(src / "labelsTr" / f"{case}.nii.gz"))
+    return src
+
+
+@pytest.mark.parametrize("missing_as, remove, expected_a, expected_b, ignore", [
+    # missing organs as background: the removed organs' voxels become 0, the rest stays
+    ("background", ["kidney", "spleen"], [[[0, 1, 0, 0], [0, 1, 0, 0]]], [[[0, 0, 1, 1], [0, 0, 0, 0]]], None),
+    ("background", ["liver"], [[[0, 0, 2, 3], [0, 0, 2, 2]]], [[[0, 0, 0, 0], [3, 3, 0, 0]]], None),
+    # as ignore: every background voxel of a case that lost organs (true background and removed organs) is
+    # ignore (4, one above spleen); the kept organs stay labeled
+    ("ignore", ["kidney", "spleen"], [[[4, 1, 4, 4], [4, 1, 4, 4]]], [[[4, 4, 1, 1], [4, 4, 4, 4]]], 4),
+    ("ignore", ["liver"], [[[4, 4, 2, 3], [4, 4, 2, 2]]], [[[4, 4, 4, 4], [3, 3, 4, 4]]], 4),
+])
+def test_missing_as_variants_on_tiny_volumes(tmp_path, missing_as, remove, expected_a, expected_b, ignore):
+    src = _tiny_source(tmp_path / "src")
+    # cases a and b lose the organs (proportion 1 of them); c is not among the cases (a validation case)
+    out = derive_partial_dataset(src, tmp_path / "derived", 901, "Tiny", remove, ["a", "b"], 1.0, seed=0,
+                                 missing_as=missing_as)
+
+    def seg(folder, case):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))).tolist()
+    assert seg(out, "a") == expected_a and seg(out, "b") == expected_b
+    assert seg(out, "c") == _TINY["c"] and seg(src, "a") == _TINY["a"]       # untouched
+    labels = json.loads((out / "dataset.json").read_text())["labels"]
+    assert labels.get("ignore") == ignore and json.loads((src / "dataset.json").read_text())["labels"].get(
+        "ignore") is None
+    declared = json.loads((out / "partial_labels.json").read_text())["annotated"]
+    assert declared == {c: [n for n in ("liver", "kidney", "spleen") if n not in remove] for c in ("a", "b")}
+
+
+def test_missing_as_is_checked(tmp_path):
+    src = _tiny_source(tmp_path / "src")
+    with pytest.raises(StippleInputError, match="missing_as"):
+        derive_partial_dataset(src, tmp_path / "d", 901, "Tiny", ["liver"], ["a"], 1.0, 0, missing_as="zero")

@@ -64,6 +64,16 @@ METHOD_TABLE: Tuple[Method, ...] = (
     # pseudo-label changes between consecutive rounds dropped; round 0 is the plain model
     Method("flare22_rounds", "nnUNetTrainer_FLARE22Rounds", "FLARE22 rounds (agreement)", table_row=8,
            uses_prior=False, relabel_counterpart="plain", in_default_study=False, round_policy="agreement"),
+    # the partial-labels simulation (thesis ch. 3; only in a study with --partial-remove, see
+    # nnunet_stipple.benchmarks.study.partial_study): every training case labeled, 1 - alpha of them lose organs
+    Method("partial_plain", "nnUNetTrainer_LabelProportion", "nnU-Net (missing organs as background)",
+           table_row=20, uses_prior=False, in_default_study=False),
+    Method("partial_ignore", "nnUNetTrainer_LabelProportion", "nnU-Net (partial cases' background ignored)",
+           table_row=21, uses_prior=False, in_default_study=False),
+    Method("inerrant", "nnUNetTrainer_INERRANT", "INERRANT0 (ambiguity maps)", table_row=22, uses_prior=False,
+           in_default_study=False),
+    Method("inerrant_prior", "STIPPLETrainer_INERRANT", "INERRANT0 + prior", table_row=23, uses_prior=True,
+           in_default_study=False),
 )
 _METHOD_BY_NAME: Dict[str, Method] = {m.name: m for m in METHOD_TABLE}
 METHODS: Dict[str, str] = {m.name: m.trainer for m in METHOD_TABLE}          # name -> trainer

@@ -199,8 +199,11 @@ def work_order(specs: Sequence[RunSpec], folds: Sequence[int], alpha_priority: S
 
 
 def run_config_for(spec: RunSpec, profile: Profile, label_seed: int = 0) -> dict:
-    """The ``stipple_run.json`` of a run (validated by :class:`RunConfig`)."""
-    d = {"label_proportion": spec.alpha / 100.0, "label_seed": label_seed, **profile.schedule}
+    """The ``stipple_run.json`` of a run (validated by :class:`RunConfig`). A partial-labels method trains on
+    every training case (alpha is there the proportion of cases that keep every organ): proportion 1."""
+    from nnunet_stipple.benchmarks.study.partial_study import is_partial_method
+    proportion = 1.0 if is_partial_method(spec.method) else spec.alpha / 100.0
+    d = {"label_proportion": proportion, "label_seed": label_seed, **profile.schedule}
     if spec.uses_prior:
         d["num_bins"] = spec.bins
     if method(spec.method).round_policy is not None:

@@ -13,6 +13,7 @@ import numpy as np
 from nnunet_stipple.atomic import write_json_atomic
 from nnunet_stipple.benchmarks.provenance import git_commit, now
 from nnunet_stipple.benchmarks.study.metrics import json_float
+from nnunet_stipple.benchmarks.study.partial_study import is_partial_method
 from nnunet_stipple.benchmarks.study.planning import RunSpec
 from nnunet_stipple.benchmarks.study.study_folder import model_folder
 
@@ -25,7 +26,8 @@ def record_positioning(spec: RunSpec, fold: int, study_dir: Path, dataset_name: 
     class with the visual prediction, naive centring, automatic positioning and ground-truth centres (and the
     other variants of :mod:`nnunet_stipple.benchmarks.positioning_eval`), nnU-Net's test-time mirroring on,
     written once to ``runs/<alpha>/<name>/positioning_fold<f>.json``."""
-    if not spec.uses_prior:
+    if not spec.uses_prior or is_partial_method(spec.method):
+        # INERRANT + prior predicts with per-class sigmoids, which positioning_eval does not measure
         return None
     out = spec.folder(study_dir) / f"positioning_fold{fold}.json"
     if out.is_file():

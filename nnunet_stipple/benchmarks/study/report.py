@@ -164,7 +164,8 @@ def _aggregates(specs: Sequence[RunSpec], cases_of: CasesOf, run_folds: Dict[str
 
 def _paired_tests(specs: Sequence[RunSpec], cases_of: CasesOf, metrics: List[str], pancreas: Optional[str],
                   main_b: int) -> List[dict]:
-    """Per alpha: every run against ``plain`` and ``stipple`` (main B) against ``plain_relabel``, over the
+    """Per alpha: every run against ``plain`` (``partial_plain``), ``stipple`` (main B) against ``plain_relabel``
+    and ``inerrant_prior`` against ``inerrant``, over the
     (fold, case) pairs both finished; skipped runs ("-" in the table) are not tested, their counterparts are."""
     def case_values(run_id: str, metric: str) -> Dict[Tuple[int, str], float]:
         return {(c["fold"], c["case"]): case_metric(c, metric, pancreas)
@@ -173,14 +174,17 @@ def _paired_tests(specs: Sequence[RunSpec], cases_of: CasesOf, metrics: List[str
     ttests = []
     for alpha in sorted({s.alpha for s in specs}, reverse=True):
         at = [s for s in specs if s.alpha == alpha]
-        plain = next((s for s in at if s.method == "plain"), None)
+        # the baseline: plain nnU-Net (in a partial-labels study, with the missing organs as background)
+        plain = next((s for s in at if s.method in ("plain", "partial_plain")), None)
         relab = next((s for s in at if s.method == "plain_relabel"), None)
         pairs = []
         if plain is not None:
-            pairs += [(s, plain) for s in at if s.method != "plain"]
+            pairs += [(s, plain) for s in at if s.method != plain.method]
         stipple = next((s for s in at if s.method == "stipple" and s.bins == main_b), None)
         if stipple is not None and relab is not None:
             pairs.append((stipple, relab))
+        inerrant = next((s for s in at if s.method == "inerrant"), None)     # what the prior adds to INERRANT0
+        pairs += [(s, inerrant) for s in at if s.method == "inerrant_prior" and inerrant is not None]
         for a_spec, b_spec in pairs:
             if a_spec.skipped or b_spec.skipped:
                 continue

@@ -18,6 +18,9 @@ from nnunet_stipple.benchmarks.study.dataset import has_unlabeled_images, resolv
 from nnunet_stipple.benchmarks.study.methods import DEFAULT_BINS, DEFAULT_METHODS, METHODS
 from nnunet_stipple.benchmarks.study.nnunet_commands import (Runner, last_error_line, subprocess_runner,
                                                              train_command, train_env)
+from nnunet_stipple.benchmarks.study.partial_study import (PARTIAL_METHODS, PARTIAL_STUDY_KEY, PartialStudy,
+                                                           Preprocessor, check_partial_methods, check_partial_remove,
+                                                           check_same_partial, nnunet_preprocess)
 from nnunet_stipple.benchmarks.study.planning import (RunSpec, alpha_str, check_alphas, check_bins, check_folds,
                                                       check_methods, estimate, format_duration, plan_runs,
                                                       run_config_for, work_order)
@@ -31,6 +34,8 @@ from nnunet_stipple.benchmarks.study.study_folder import COST_FILE, RUN_FILE, ST
     fold_finished, load_study, merge_studies, model_folder, read_run_json
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.run_config import RUN_CONFIG_FILE
+
+LABEL_SEED = 0      # the study's seed of the labeled cases (and of the cases losing organs in a partial study)
 
 
 def round0_model_folder(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, plans: str,
@@ -49,8 +54,10 @@ def round0_model_folder(spec: RunSpec, fold: int, study_dir: Path, dataset_name:
 
 def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, configuration: str, plans: str,
             profile: Profile, device: str, runner: Runner = subprocess_runner,
-            log: Callable[[str], None] = print) -> str:
-    """Train one (run, fold) unless finished. Returns 'finished', 'done' (trained now) or 'failed'."""
+            log: Callable[[str], None] = print, data_env: Optional[Mapping[str, str]] = None) -> str:
+    """Train one (run, fold) unless finished. Returns 'finished', 'done' (trained now) or 'failed'.
+    ``data_env``: nnUNet_raw / nnUNet_preprocessed of the training where they are not the user's (the
+    partial-labels simulation's derived data, :mod:`~nnunet_stipple.benchmarks.study.partial_study`)."""
     root = spec.folder(study_dir)
     mdir = model_folder(root, dataset_name, spec.trainer, plans, configuration)
     run_file = root / RUN_FILE
@@ -74,13 +81,17 @@ def run_one(spec: RunSpec, fold: int, study_dir: Path, dataset_name: str, config
         write_json_atomic(rc_file, rc_dict)
     cmd = train_command(dataset_name, configuration, fold, spec.trainer, plans, device)
     env = train_env(root)
+    env.update(data_env or {})
     log_file = root / f"train_fold{fold}.log"
     attempt = {"started": now(), "command": cmd, "log": log_file.name, "git_commit": git_commit(),
                "versions": versions(), "machine": machine(device)}
+    if data_env:
+        attempt["data"] = {k: os.path.relpath(v, Path(study_dir).resolve()) for k, v in data_env.items()}
     fmeta["status"] = "running"
     fmeta["attempts"].append(attempt)
     write_json_atomic(run_file, meta)
-    log(f"[{spec.run_id} fold {fold}] {' '.join(cmd)}  (nnUNet_results={root}; log {log_file})")
+    log(f"[{spec.run_id} fold {fold}] {' '.join(cmd)}  (nnUNet_results={root}"
+        + "".join(f"; {k}={v}" for k, v in (data_env or {}).items()) + f"; log {log_file})")
     t0 = time.perf_counter()
     try:
         rc = runner(cmd, env, log_file)
@@ -110,7 +121,8 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
               bins_methods: Sequence[str] = ("stipple_norelab",), plans: Optional[str] = None,
               device: Optional[str] = None, dry_run: bool = False, report: bool = True,
               nsd_tolerance_mm: Optional[float] = None, runner: Runner = subprocess_runner,
-              schedule_scale: float = 1, record_dir=None, log: Callable[[str], None] = print) -> dict:
+              schedule_scale: float = 1, record_dir=None, partial_remove: Optional[Sequence[str]] = None,
+              preprocessor: Optional[Preprocessor] = None, log: Callable[[str], None] = print) -> dict:
     """Plan, (for cpu-small) plan/preprocess the coarse plans, train every unfinished run, then report.
 
     With ``record_dir`` (e.g. docs/results/<study>): the record's runs are imported first (finished there =
@@ -119,9 +131,18 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
 
     ``schedule_scale`` multiplies the profile's number of epochs (e.g. 2: the check that a longer schedule
     changes little); a study folder holds one schedule. Returns a dict with the planned runs, the estimate
-    and the status of each (run, fold)."""
+    and the status of each (run, fold).
+
+    ``partial_remove`` (class names of dataset.json): the partial-labels simulation of the thesis (see
+    :mod:`~nnunet_stipple.benchmarks.study.partial_study`; alpha is then the proportion of training cases that
+    keep every organ, the methods are ``partial_plain``, ``partial_ignore``, ``inerrant``, ``inerrant_prior``
+    and the default); ``preprocessor`` replaces nnU-Net's preprocessing of its derived data (tests)."""
     prof = scaled_profile(check_profile(profile), schedule_scale)
-    methods = check_methods(methods if methods is not None else list(DEFAULT_METHODS))
+    partial_remove = list(partial_remove) if partial_remove else None
+    if methods is None:
+        methods = list(PARTIAL_METHODS) if partial_remove else list(DEFAULT_METHODS)
+    methods = check_methods(methods)
+    check_partial_methods(methods, partial_remove is not None)
     alphas = check_alphas(alphas if alphas is not None else prof.alphas)
     bins = check_bins(bins if bins is not None else [prof.bins])
     folds = check_folds(folds if folds is not None else prof.folds)
@@ -133,12 +154,16 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study_dir = Path(study_dir)
     plans = plans or prof.plans
     dataset_name = resolve_dataset(dataset)
+    if partial_remove is not None:
+        partial_remove = check_partial_remove(partial_remove, dataset_name)
     recorded = load_study(Path(record_dir)) if record_dir is not None else None
     if recorded is not None:
         check_same_study(recorded, dataset_name, configuration, plans, prof.name, Path(record_dir), schedule_scale)
+        check_same_partial(recorded, partial_remove, Path(record_dir) / STUDY_FILE)
     existing = load_study(study_dir)
     if existing is not None:
         check_same_study(existing, dataset_name, configuration, plans, prof.name, study_dir, schedule_scale)
+        check_same_partial(existing, partial_remove, study_dir / STUDY_FILE)
     if recorded is not None and not dry_run:
         import_record(Path(record_dir), study_dir, log)
         existing = merge_studies(existing, recorded)
@@ -149,7 +174,14 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     unlabeled = has_unlabeled_images(dataset_name)
     specs = plan_runs(alphas, methods, bins, unlabeled, bins_methods)
     case_counts = fold_case_counts(ds, folds)
-    check_labeled_counts(alphas, case_counts)
+    partial = None
+    if partial_remove is not None:      # every training case is labeled (some partially): no count to check
+        from nnunet_stipple.nnunet_folders import training_cases_of_fold
+        partial = PartialStudy(study_dir, dataset_name, configuration, plans, partial_remove, LABEL_SEED,
+                               preprocessor or nnunet_preprocess,
+                               {f: training_cases_of_fold(ds, f) for f in folds} if ds is not None else {})
+    else:
+        check_labeled_counts(alphas, case_counts)
     n_tr, n_val = case_counts.get(folds[0], (None, None))
     plans_config = ds.plans["configurations"][configuration] if ds is not None else None
     cost = json.loads((study_dir / COST_FILE).read_text()) if (study_dir / COST_FILE).is_file() else None
@@ -166,7 +198,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study["schedule"] = prof.schedule
     study["schedule_scale"] = schedule_scale
     study["nsd_tolerance_mm"] = nsd_tolerance_mm
-    study["label_seed"] = 0
+    study["label_seed"] = LABEL_SEED
     study["folds"] = sorted(set(study.get("folds", [])) | set(folds))
     study["alphas"] = sorted(set(study.get("alphas", [])) | set(alphas), reverse=True)
     study["methods"] = [m for m in METHODS if m in set(study.get("methods", [])) | set(methods)]
@@ -174,6 +206,12 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study["bins_methods"] = list(dict.fromkeys(list(study.get("bins_methods", [])) + list(bins_methods)))
     study["device"] = device
     study["has_imagesUnlabeled"] = unlabeled
+    if partial is not None and partial.folds:
+        entry = partial.study_entry(alphas, folds)
+        previous = (study.get(PARTIAL_STUDY_KEY) or {}).get("losing_cases", {})
+        for a, by_fold in previous.items():
+            entry["losing_cases"][a] = {**by_fold, **entry["losing_cases"].get(a, {})}
+        study[PARTIAL_STUDY_KEY] = entry
     if planning:
         study["planning"] = planning
     plans_info = plans_summary(dataset_name, configuration, plans) if ds is not None else {}
@@ -186,6 +224,10 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study["last_invocation"] = {"time": now(), "argv": sys.argv, "device": device}
 
     log(f"Study {study_dir}: {dataset_name} {configuration} -p {plans}, profile {prof.name} ({prof.description})")
+    if partial is not None:
+        log(f"  partial labels: {', '.join(partial_remove)} removed from 100 - alpha % of each fold's training "
+            f"cases (seed {LABEL_SEED}); alpha = the % of training cases that keep every organ; validation cases "
+            f"keep every organ")
     log(f"  folds {folds}, alphas {[alpha_str(a) for a in alphas]} %, methods {methods}, bins {bins}"
         + ("" if unlabeled else "; no imagesUnlabeled: relabel methods at 100 % are skipped (same as without "
                                 "relabeling), semi-supervised ones too (nothing unlabeled)"))
@@ -195,6 +237,13 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
            f"({est['seconds_per_iteration_source']}: {est['seconds_per_iteration']['plain']:.2f} s/iteration, "
            f"patch {est['patch_size']}, batch {est['batch_size']})" if "seconds" in est else ""))
     result = {"study_dir": str(study_dir), "runs": [s.to_json() for s in specs], "estimate": est, "status": {}}
+    if partial is not None and dry_run:
+        for a in alphas:
+            for variant in dict.fromkeys(PARTIAL_METHODS[m] for m in methods):
+                for f in folds:
+                    log("  " + (partial.describe(a, variant, f) if f in partial.folds else
+                                f"partial data of {alpha_str(a)} % / {variant} / fold {f}: derived and "
+                                f"preprocessed once the source's plans and splits exist"))
     for s in specs:
         root = s.folder(study_dir)
         mdir = model_folder(root, dataset_name, s.trainer, plans, configuration)
@@ -207,7 +256,9 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
                 log(f"  {s.run_id:28s} fold {f}: {state:8s} {s.trainer}  stipple_run.json "
                     f"{json.dumps(run_config_for(s, prof))}")
                 cmd = train_command(dataset_name, configuration, f, s.trainer, plans, device)
-                log(f"      nnUNet_results={root} {' '.join(cmd)}")
+                data = ("".join(f" {k}={v}" for k, v in partial.roots(s.alpha, PARTIAL_METHODS[s.method], f).items())
+                        if partial is not None else "")
+                log(f"      nnUNet_results={root}{data} {' '.join(cmd)}")
             result["status"][f"{s.run_id}/fold_{f}"] = state
     if dry_run:
         log("(dry run: nothing written, nothing trained)")
@@ -216,7 +267,7 @@ def run_study(dataset, configuration: str, study_dir, profile: str = "cpu-small"
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(study_dir / STUDY_FILE, study)
     status, failed, recorded_runs = _train_runs(specs, folds, study_dir, dataset_name, configuration, plans, prof,
-                                                device, runner, record_dir, log)
+                                                device, runner, record_dir, log, partial)
     result["status"].update(status)
     result["failed"] = failed
     if report:
@@ -299,13 +350,25 @@ def check_labeled_counts(alphas: Sequence[float], case_counts: Mapping[int, Tupl
 
 def _train_runs(specs: Sequence[RunSpec], folds: Sequence[int], study_dir: Path, dataset_name: str,
                 configuration: str, plans: str, prof: Profile, device: str, runner: Runner, record_dir,
-                log: Callable[[str], None]) -> Tuple[Dict[str, str], List[str], Dict[str, List[int]]]:
-    """Every (run, fold) in work order: trained unless finished, its positioning quality measured, its run's
-    record files exported. Returns the status of each (run, fold), the failed ones and the recorded runs (run
-    folder -> its finished folds, as exported)."""
+                log: Callable[[str], None], partial: Optional[PartialStudy] = None
+                ) -> Tuple[Dict[str, str], List[str], Dict[str, List[int]]]:
+    """Every (run, fold) in work order: trained unless finished (in a partial-labels study on its derived data,
+    derived and preprocessed first unless done), its positioning quality measured, its run's record files
+    exported. Returns the status of each (run, fold), the failed ones and the recorded runs (run folder -> its
+    finished folds, as exported)."""
     status, failed, recorded_runs = {}, [], {}
     for s, f in work_order(specs, folds, prof.alpha_priority):
-        st = run_one(s, f, study_dir, dataset_name, configuration, plans, prof, device, runner, log)
+        data_env = None
+        mdir = model_folder(s.folder(study_dir), dataset_name, s.trainer, plans, configuration)
+        if partial is not None and not fold_finished(mdir, f):
+            try:
+                data_env = partial.prepare(s.alpha, PARTIAL_METHODS[s.method], f, log)
+            except StippleInputError as e:
+                log(f"[{s.run_id} fold {f}] partial data FAILED: {e}; rerun the same command to retry")
+                status[f"{s.run_id}/fold_{f}"] = "failed"
+                failed.append(f"{s.run_id}/fold_{f}")
+                continue
+        st = run_one(s, f, study_dir, dataset_name, configuration, plans, prof, device, runner, log, data_env)
         status[f"{s.run_id}/fold_{f}"] = st
         if st == "failed":
             failed.append(f"{s.run_id}/fold_{f}")

@@ -41,7 +41,8 @@ def ground_truth(i: int) -> np.ndarray:
 # quality per trainer (0 = perfect); relabel and prior help, fewer labels hurt
 BADNESS = {"nnUNetTrainer_LabelProportion": 3, "nnUNetTrainer_PseudoLabel": 2, "STIPPLETrainer": 1,
            "STIPPLETrainer_PseudoLabel": 0, "nnUNetTrainer_MeanTeacher": 2, "nnUNetTrainer_UAMT": 2,
-           "nnUNetTrainer_SASSNet": 2, "nnUNetTrainer_AdversarialConfidence": 2, "nnUNetTrainer_FLARE22Rounds": 2}
+           "nnUNetTrainer_SASSNet": 2, "nnUNetTrainer_AdversarialConfidence": 2, "nnUNetTrainer_FLARE22Rounds": 2,
+           "nnUNetTrainer_INERRANT": 1, "STIPPLETrainer_INERRANT": 0}
 
 
 class FakeTrainer:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from nnunet_stipple.benchmarks.study.methods import METHODS
 from nnunet_stipple.benchmarks.study.planning import (SKIPPED_NOTHING_UNLABELED, SKIPPED_SAME, RunSpec, estimate,
                                                       plan_runs, run_config_for, trainings_per_fold, work_order)
+from nnunet_stipple.benchmarks.study.partial_study import is_partial_method
 from nnunet_stipple.benchmarks.study.profiles import PROFILES
+
+STUDY_METHODS = [m for m in METHODS if not is_partial_method(m)]    # the partial-labels study runs apart
 
 
 def test_plan_runs_trainers_folders_and_skips(tmp_path):
-    specs = plan_runs([100, 10], list(METHODS), [5], has_unlabeled=False)
+    specs = plan_runs([100, 10], STUDY_METHODS, [5], has_unlabeled=False)
     ids = {s.run_id: s for s in specs}
     assert set(ids) == {f"{a}/{m}" for a in (100, 10) for m in ("plain", "stipple_norelab", "plain_relabel", "stipple",
                                                                 "mean_teacher", "ua_mt", "sassnet", "adversarial_confidence",
@@ -84,7 +87,7 @@ def test_flare22_rounds_run_plan():
 
 
 def test_trainings_count():
-    specs = plan_runs([100, 70, 10], list(METHODS))
+    specs = plan_runs([100, 70, 10], STUDY_METHODS)
     # 100: plain, stipple_norelab (relabel and semi-supervised skipped); 70: 2 + 2 x (1 + 2 rounds) + 4
     # semi-supervised + flare22_rounds 1 + 3 (its policy's T at every alpha); 10: 2 + 2 x (1 + 1) + 4 + (1 + 3)
     assert sum(trainings_per_fold(s) for s in specs) == 2 + (2 + 6 + 4 + 4) + (2 + 4 + 4 + 4)
@@ -102,7 +105,7 @@ def test_trainings_count():
 
 
 def test_work_order_priority_alphas_then_folds_then_table_rows():
-    specs = plan_runs([100, 30, 10], list(METHODS))
+    specs = plan_runs([100, 30, 10], STUDY_METHODS)
     order = [(s.run_id, f) for s, f in work_order(specs, [0, 1], alpha_priority=(10, 100))]
     rows = ["plain", "stipple_norelab", "plain_relabel", "stipple", "mean_teacher", "ua_mt", "sassnet",
             "adversarial_confidence", "flare22_rounds"]                 # Tables 2, then 3

@@ -13,9 +13,7 @@ import torch
 
 from nnunet_stipple.trainers.adversarial_confidence import CHECKPOINT_KEY as CONFIDENCE_KEY
 from nnunet_stipple.trainers.sassnet import CHECKPOINT_KEY as SASSNET_KEY
-from tests.conftest import training_env, venv_script
-from tests.trainers.test_teacher_student_e2e import SCHEDULE, _run, _stop_after_first_checkpoint, \
-    predict_one_unlabeled_case
+from tests.trainers.test_teacher_student_e2e import _run, predict_one_unlabeled_case, train_until_first_checkpoint
 
 pytestmark = pytest.mark.e2e
 CASES = {
@@ -32,15 +30,7 @@ CASES = {
 @pytest.mark.parametrize("trainer", sorted(CASES))
 def test_train_interrupt_resume_and_predict(phantom_preprocessed, tmp_path, trainer):
     key, extra_keys, semi_supervised, logged = CASES[trainer]
-    env = dict(training_env(phantom_preprocessed, tmp_path / "results"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
-    model = tmp_path / "results" / phantom_preprocessed["dataset_name"] / f"{trainer}__nnUNetPlans__2d"
-    model.mkdir(parents=True)
-    (model / "stipple_run.json").write_text(json.dumps({**SCHEDULE, "label_proportion": 0.5,
-                                                        "semi_supervised": semi_supervised}))
-    train = [venv_script("nnUNetv2_train"), str(phantom_preprocessed["dataset_id"]), "2d", "0", "-tr", trainer,
-             "-device", "cpu"]
-    fold = model / "fold_0"
-    _stop_after_first_checkpoint(train, env, fold / "checkpoint_latest.pth")
+    env, train, fold = train_until_first_checkpoint(phantom_preprocessed, tmp_path, trainer, semi_supervised)
     ckpt = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     state = ckpt[key]
     assert state["step"] == 2 and ckpt["current_epoch"] == 1 and all(k in state for k in extra_keys)
@@ -49,6 +39,7 @@ def test_train_interrupt_resume_and_predict(phantom_preprocessed, tmp_path, trai
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    model = fold.parent
     plans = PlansManager(json.loads((model / "plans.json").read_text()))
     dataset_json = json.loads((model / "dataset.json").read_text())
     cm = plans.get_configuration("2d")

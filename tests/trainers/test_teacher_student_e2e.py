@@ -54,6 +54,22 @@ def _run(cmd, env):
     return proc
 
 
+def train_until_first_checkpoint(phantom: dict, tmp_path, trainer: str, semi_supervised: dict):
+    """``nnUNetv2_train`` of ``trainer`` (2d, fold 0, alpha = 0.5, :data:`SCHEDULE`) in its own nnUNet_results,
+    stopped once its first ``checkpoint_latest.pth`` exists. Returns (env, train command, fold folder)."""
+    # augmentation in the training process and one export worker: a few iterations do not repay the start of the
+    # 3 x 2 augmentation workers (labeled, validation, unlabeled) and nnU-Net's spawned export pool
+    env = dict(training_env(phantom, tmp_path / "results"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
+    model = tmp_path / "results" / phantom["dataset_name"] / f"{trainer}__nnUNetPlans__2d"
+    model.mkdir(parents=True)
+    (model / "stipple_run.json").write_text(json.dumps({**SCHEDULE, "label_proportion": 0.5,
+                                                        "semi_supervised": semi_supervised}))
+    train = [venv_script("nnUNetv2_train"), str(phantom["dataset_id"]), "2d", "0", "-tr", trainer, "-device", "cpu"]
+    fold = model / "fold_0"
+    _stop_after_first_checkpoint(train, env, fold / "checkpoint_latest.pth")
+    return env, train, fold
+
+
 def _ssl_state(path):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     return ckpt, ckpt[CHECKPOINT_KEY]
@@ -62,17 +78,7 @@ def _ssl_state(path):
 @pytest.mark.parametrize("trainer", sorted(CASES))
 def test_train_interrupt_resume_and_predict(phantom_preprocessed, tmp_path, trainer):
     predicting, semi_supervised = CASES[trainer]
-    # augmentation in the training process and one export worker: a few iterations do not repay the start of the
-    # 3 x 2 augmentation workers (labeled, validation, unlabeled) and nnU-Net's spawned export pool
-    env = dict(training_env(phantom_preprocessed, tmp_path / "results"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
-    model = tmp_path / "results" / phantom_preprocessed["dataset_name"] / f"{trainer}__nnUNetPlans__2d"
-    model.mkdir(parents=True)
-    (model / "stipple_run.json").write_text(json.dumps({**SCHEDULE, "label_proportion": 0.5,
-                                                        "semi_supervised": semi_supervised}))
-    train = [venv_script("nnUNetv2_train"), str(phantom_preprocessed["dataset_id"]), "2d", "0", "-tr", trainer,
-             "-device", "cpu"]
-    fold = model / "fold_0"
-    _stop_after_first_checkpoint(train, env, fold / "checkpoint_latest.pth")
+    env, train, fold = train_until_first_checkpoint(phantom_preprocessed, tmp_path, trainer, semi_supervised)
     assert not (fold / "checkpoint_final.pth").exists()
     ckpt, state = _ssl_state(fold / "checkpoint_latest.pth")
     assert state["step"] == 2 and state["prediction_network"] == predicting

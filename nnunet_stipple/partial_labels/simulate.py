@@ -26,6 +26,7 @@ import numpy as np
 from nnunet_stipple.atomic import make_temp_dir
 from nnunet_stipple.errors import StippleInputError
 from nnunet_stipple.partial_labels.declaration import DECLARATION_FILE, foreground_classes
+from nnunet_stipple.pseudo_labeling.label_files import dataset_json_with_ignore, ignore_label_for
 
 
 def cases_losing_labels(cases: Sequence[str], proportion: float, seed: int) -> List[str]:
@@ -39,14 +40,6 @@ def cases_losing_labels(cases: Sequence[str], proportion: float, seed: int) -> L
 
 
 MISSING_AS = ("background", "ignore")
-
-
-def ignore_label_value(dataset_json: dict) -> int:
-    """The dataset's ignore label, or the value one above its highest label (nnU-Net wants it highest)."""
-    labels = dataset_json["labels"]
-    if "ignore" in labels:
-        return int(labels["ignore"])
-    return max(int(v) for v in labels.values()) + 1
 
 
 def derive_partial_dataset(source: Path, target_root: Path, dataset_id: int, name: str, remove: Sequence[str],
@@ -78,10 +71,9 @@ def derive_partial_dataset(source: Path, target_root: Path, dataset_id: int, nam
     if missing_files:
         raise StippleInputError(f"{source / 'labelsTr'} has no label file for case(s) {missing_files[:5]}")
     kept = [n for n in classes.values() if n not in remove]
-    labels = dict(dataset_json["labels"])
-    ignore = ignore_label_value(dataset_json)
-    if missing_as == "ignore":
-        labels["ignore"] = ignore
+    # the ignore variant: nnU-Net's ignore label, the highest value (added if dataset.json has none)
+    labels = (dataset_json_with_ignore(dataset_json) if missing_as == "ignore" else dataset_json)["labels"]
+    ignore = ignore_label_for(dataset_json)[0] if missing_as == "ignore" else None
     target_root.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(f".{target.name}.tmp-", target_root)
     try:

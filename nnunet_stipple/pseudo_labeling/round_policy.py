@@ -109,15 +109,15 @@ def changed_fraction(previous: np.ndarray, current: np.ndarray, classes: Iterabl
 
 def mean_dice(previous: np.ndarray, current: np.ndarray, classes: Iterable[int]) -> float:
     """Mean Dice over the ``classes`` present in at least one of the two label maps (1.0 when none is)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn   # nnU-Net's own Dice counts
     previous, current = np.asarray(previous), np.asarray(current)
     _check_pair(previous, current)
     scores = []
     for c in classes:
-        a, b = previous == c, current == c
-        size = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-        if size == 0:
+        tp, fp, fn, _ = compute_tp_fp_fn_tn(previous == c, current == c, None)
+        if tp + fp + fn == 0:
             continue   # absent from both rounds: does not count
-        scores.append(2.0 * int(np.count_nonzero(a & b)) / size)
+        scores.append(2.0 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 1.0
 
 

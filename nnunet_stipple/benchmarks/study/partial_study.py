@@ -150,10 +150,15 @@ def check_same_partial(existing: Optional[dict], remove: Optional[Sequence[str]]
                                 f"--partial-remove setting or another --study-dir.")
 
 
+def losing_proportion(alpha: float) -> float:
+    """The proportion of training cases that lose the organs at alpha (in %, the proportion that keeps them)."""
+    return max(0.0, 1 - float(alpha) / 100)
+
+
 def losing_cases(training_cases: Sequence[str], alpha: float, seed: int) -> List[str]:
     """The fold's training cases that lose the organs at proportion alpha (in %, the proportion that keeps them)."""
     from nnunet_stipple.partial_labels.simulate import cases_losing_labels
-    return cases_losing_labels(training_cases, max(0.0, 1 - float(alpha) / 100), seed)
+    return cases_losing_labels(training_cases, losing_proportion(alpha), seed)
 
 
 @dataclass
@@ -227,7 +232,7 @@ class PartialStudy:
         train, _ = self.cases(fold)
         prefix = f"Dataset{dataset_id(self.dataset_name):03d}_"
         derive_partial_dataset(source, raw_root, dataset_id(self.dataset_name), self.dataset_name[len(prefix):],
-                               self.remove, train, max(0.0, 1 - float(alpha) / 100), self.seed, missing_as=variant)
+                               self.remove, train, losing_proportion(alpha), self.seed, missing_as=variant)
         target = pre_root / self.dataset_name
         target.mkdir(parents=True)
         for name in (f"{self.plans}.json", "splits_final.json"):
